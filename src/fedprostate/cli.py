@@ -1,0 +1,15 @@
+"""Entry point of the ``fedprostate`` command. Each area registers its commands in its own module."""
+
+import importlib
+
+from fedprostate.cli_app import app
+
+# Command modules, imported for their side effect of registering commands on the Typer apps.
+_COMMAND_MODULES = (
+    "fedprostate.commands.data_synth",
+)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name)
+
+__all__ = ["app"]

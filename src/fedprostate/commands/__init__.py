@@ -1,0 +1,1 @@
+"""CLI command modules: thin wrappers over library functions."""

@@ -1,0 +1,1 @@
+"""MRI data: synthetic federation, real-format readers, preprocessing, crops and caches."""

@@ -1,0 +1,67 @@
+"""The one internal representation every reader produces and everything downstream consumes.
+
+Coordinates are world millimetres in ITK/DICOM LPS convention (what SimpleITK reports for
+``TransformIndexToPhysicalPoint``), so a finding position means the same point in every sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+SEQUENCES = ("t2w", "adc", "hbv")  # channel order of every crop: (T2, ADC, high-b DWI)
+ZONES = ("PZ", "TZ", "AS", "SV", "unknown")
+FINDING_SOURCES = ("biopsied", "sampled", "mask")
+
+
+class StudyError(ValueError):
+    """A study that cannot be used. The message names the file and the patient."""
+
+    def __init__(self, patient_id: str, reason: str, path: str | Path | None = None):
+        self.patient_id = patient_id
+        self.reason = reason
+        self.path = str(path) if path is not None else ""
+        where = f" ({self.path})" if self.path else ""
+        super().__init__(f"patient {patient_id}{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lesion-level sample: a biopsied finding, a mask component or a sampled negative."""
+
+    finding_id: str
+    world_mm: tuple[float, float, float]  # LPS world coordinate of the finding centre
+    zone: str = "unknown"
+    isup: int = 0  # 0 = no cancer / benign; 1..5 ISUP grade group
+    clinsig: bool = False  # csPCa = ISUP >= 2
+    source: str = "biopsied"  # biopsied | sampled | mask
+    radius_mm: float | None = None  # approximate lesion radius when known
+
+    def __post_init__(self) -> None:
+        if self.source not in FINDING_SOURCES:
+            raise ValueError(f"finding {self.finding_id}: source {self.source!r} not in {FINDING_SOURCES}")
+        if not 0 <= int(self.isup) <= 5:
+            raise ValueError(f"finding {self.finding_id}: ISUP {self.isup} outside 0..5")
+
+
+@dataclass
+class Study:
+    """One bpMRI examination of one patient at one site, with geometry-carrying images."""
+
+    site: str
+    patient_id: str
+    study_id: str
+    images: dict[str, sitk.Image]  # keys: SEQUENCES
+    findings: list[Finding] = field(default_factory=list)
+    gland_mask: sitk.Image | None = None
+    lesion_mask: sitk.Image | None = None
+    case_label: int | None = None  # case-level csPCa (0/1) when known
+    clinical: dict[str, float] = field(default_factory=dict)  # psa, psad, prostate_volume, age
+    adc_units: str = "auto"  # "1e-6 mm2/s", "1e-3 mm2/s", "mm2/s" or auto-detect
+    source_paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.patient_id}_{self.study_id}"
