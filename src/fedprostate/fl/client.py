@@ -1,0 +1,180 @@
+"""What one hospital does in a round, as plain functions (the ClientApp only marshals records).
+
+Per-site state that must survive rounds and resumes (error-feedback residuals, trained-but-local
+tensors) lives in the site's own state folder, one file per round, so a round that is redone after
+a crash starts from exactly the state the first attempt started from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedprostate.compress.codecs import CodecSpec
+from fedprostate.compress.error_feedback import ErrorFeedback
+from fedprostate.config import RunConfig
+from fedprostate.fl import task, wire
+from fedprostate.train import predict_scores, score_metrics, train_local
+
+log = logging.getLogger("fedprostate.site")
+
+
+class PublicError(ValueError):
+    """An error whose message is safe to send to the server (no patient data, no paths)."""
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """Who this client is and where its private things live."""
+
+    name: str
+    state_dir: Path | None
+    uplink: str  # codec spec text
+
+
+def site_context(cfg: RunConfig, node_config: dict, run_dir: str) -> SiteContext:
+    """Resolve the client's identity from Flower's node config (simulation or deployment)."""
+    if "site" in node_config:
+        name = str(node_config["site"])
+    elif "partition-id" in node_config:
+        names = task.client_names(cfg)
+        pid = int(node_config["partition-id"])
+        if pid >= len(names):
+            raise ValueError(f"partition-id {pid} but only {len(names)} clients in the partition")
+        name = names[pid]
+    else:
+        raise ValueError("node config needs 'site' (deployment) or 'partition-id' (simulation)")
+    per_site = dict(
+        item.split("=", 1) for item in cfg.compress.site_codecs.split(";") if "=" in item
+    )
+    uplink = str(node_config.get("codec", per_site.get(name, cfg.compress.uplink)))
+    base = node_config.get("state-dir") or (Path(run_dir) / "client_state" if run_dir else None)
+    return SiteContext(name=name, state_dir=Path(base) / name if base else None, uplink=uplink)
+
+
+def _state_file(site: SiteContext, kind: str, server_round: int) -> Path | None:
+    if site.state_dir is None:
+        return None
+    return site.state_dir / f"{kind}_round{server_round:04d}.safetensors"
+
+
+def _load_state(site: SiteContext, kind: str, server_round: int) -> dict[str, torch.Tensor] | None:
+    """State written after the most recent round before ``server_round`` (None if none)."""
+    if site.state_dir is None or not site.state_dir.exists():
+        return None
+    earlier = sorted(
+        p
+        for p in site.state_dir.glob(f"{kind}_round*.safetensors")
+        if int(p.stem.rsplit("round", 1)[1]) < server_round
+    )
+    return load_file(str(earlier[-1])) if earlier else None
+
+
+def _save_state(
+    site: SiteContext, kind: str, server_round: int, tensors: dict[str, torch.Tensor]
+) -> None:
+    path = _state_file(site, kind, server_round)
+    if path is None or not tensors:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def receive_global(
+    cfg: RunConfig, received: dict[str, np.ndarray], downlink: str, expected_sha: str = ""
+) -> tuple[task.ModelBundle, dict[str, np.ndarray]]:
+    bundle = task.build_model(cfg)
+    if expected_sha and expected_sha != bundle.foundation_sha256:
+        raise PublicError(
+            f"this site's foundation backbone (sha256 {bundle.foundation_sha256[:12]}…) "
+            f"differs from the server's ({expected_sha[:12]}…): updates on another backbone "
+            "are meaningless; "
+            "install the consortium's foundation checkpoint"
+        )
+    shapes = task.communicated_shapes(bundle.ft)
+    global_tensors = wire.unpack_downlink(received, CodecSpec.parse(downlink), shapes)
+    task.load_communicated(bundle.ft, global_tensors)
+    return bundle, global_tensors
+
+
+def train_round(
+    cfg: RunConfig,
+    site: SiteContext,
+    server_round: int,
+    received: dict[str, np.ndarray],
+    downlink: str = "fp32",
+    expected_sha: str = "",
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Train on this site's data from the received global; return (wire tensors, metrics)."""
+    bundle, global_tensors = receive_global(cfg, received, downlink, expected_sha)
+    ft = bundle.ft
+    task.set_local_state(ft, _load_state(site, "local", server_round) or bundle.initial_local)
+    train_ds = task.client_dataset(cfg, site.name, "train")
+    seed = task.client_seed(cfg, server_round, site.name)
+    anchors = {k: torch.from_numpy(v) for k, v in global_tensors.items()}
+    result = train_local(ft.model, train_ds, cfg.train, seed=seed, global_params=anchors)
+    _save_state(site, "local", server_round, task.local_state(ft))
+
+    spec = CodecSpec.parse(site.uplink)
+    feedback = None
+    if cfg.compress.error_feedback and not wire.is_raw(spec):
+        saved = _load_state(site, "ef", server_round)
+        feedback = ErrorFeedback({k: v.numpy() for k, v in saved.items()} if saved else None)
+    rng = np.random.default_rng(seed)
+    out = wire.pack_uplink(task.communicated_numpy(ft), global_tensors, spec, rng, feedback)
+    if feedback is not None:
+        _save_state(
+            site,
+            "ef",
+            server_round,
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feedback.residual.items()},
+        )
+
+    val = score_metrics(*_labels_scores(ft.model, task.client_dataset(cfg, site.name, "val")))
+    metrics = {
+        "num-examples": result.num_examples,
+        "train-loss": result.loss,
+        "val-auroc": val["auroc"],
+        "val-n": val["n"],
+        "steps": result.steps,
+    }
+    log.info(
+        "site %s round %d: loss %.4f, val AUROC %.3f",
+        site.name,
+        server_round,
+        result.loss,
+        val["auroc"],
+    )
+    return out, metrics
+
+
+def evaluate_round(
+    cfg: RunConfig,
+    site: SiteContext,
+    server_round: int,
+    received: dict[str, np.ndarray],
+    split: str = "val",
+    downlink: str = "fp32",
+    expected_sha: str = "",
+) -> dict:
+    """Federated evaluation of the received global model on this site's ``split``."""
+    bundle, _ = receive_global(cfg, received, downlink, expected_sha)
+    task.set_local_state(
+        bundle.ft, _load_state(site, "local", server_round + 1) or bundle.initial_local
+    )
+    m = score_metrics(*_labels_scores(bundle.ft.model, task.client_dataset(cfg, site.name, split)))
+    return {"num-examples": int(m["n"]), "auroc": m["auroc"], "ap": m["ap"], "loss": m["loss"]}
+
+
+def _labels_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    if len(dataset) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    scores, labels = predict_scores(model, dataset)
+    return labels, scores

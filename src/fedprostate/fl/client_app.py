@@ -1,0 +1,87 @@
+"""Flower ClientApp: one per hospital. Thin glue: records in, plain functions, records out.
+
+Errors sent to the server carry no patient/study identifiers or file paths: the full error stays
+in the site's local log, the server gets the exception type and the site name only — unless the
+error is a ``PublicError`` written to be shared (e.g. a foundation hash mismatch).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedprostate.fl import wire
+from fedprostate.fl.client import PublicError, evaluate_round, site_context, train_round
+from fedprostate.fl.config_io import config_from_context
+from fedprostate.fl.strategies import REPORT_KEY
+
+log = logging.getLogger("fedprostate.site")
+
+
+@contextmanager
+def errors_stay_local(site_name: str, phase: str):
+    try:
+        yield
+    except PublicError:
+        raise
+    except Exception as exc:
+        log.exception("site %s: %s failed", site_name, phase)
+        raise RuntimeError(
+            f"site {site_name}: {type(exc).__name__} during {phase} "
+            "(details in the site's local log)"
+        ) from None
+
+
+def make_client_app(overrides: dict | None = None) -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def handle_train(msg: Message, context: Context) -> Message:
+        cfg = config_from_context(context.run_config, overrides, context.node_config)
+        site = site_context(cfg, context.node_config, cfg.out)
+        config = msg.content["config"]
+        with errors_stay_local(site.name, "training"):
+            out, metrics = train_round(
+                cfg,
+                site,
+                int(config["server-round"]),
+                wire.from_record(msg.content["arrays"]),
+                downlink=str(config.get("downlink", "fp32")),
+                expected_sha=str(config.get("foundation-sha256", "")),
+            )
+        content = RecordDict(
+            {
+                "arrays": wire.to_record(out),
+                "metrics": MetricRecord(metrics),
+                REPORT_KEY: ConfigRecord({"site": site.name, "codec": site.uplink}),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def handle_evaluate(msg: Message, context: Context) -> Message:
+        cfg = config_from_context(context.run_config, overrides, context.node_config)
+        site = site_context(cfg, context.node_config, cfg.out)
+        config = msg.content["config"]
+        with errors_stay_local(site.name, "evaluation"):
+            metrics = evaluate_round(
+                cfg,
+                site,
+                int(config["server-round"]),
+                wire.from_record(msg.content["arrays"]),
+                split=str(config.get("split", "val")),
+                downlink=str(config.get("downlink", "fp32")),
+                expected_sha=str(config.get("foundation-sha256", "")),
+            )
+        content = RecordDict(
+            {"metrics": MetricRecord(metrics), REPORT_KEY: ConfigRecord({"site": site.name})}
+        )
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

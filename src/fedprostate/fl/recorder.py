@@ -1,0 +1,141 @@
+"""One folder per run: config.toml, metrics.jsonl, checkpoints/, predictions_*.csv, summary.json.
+
+Every file that a resume depends on is written atomically (temp file + rename), and a checkpoint
+is complete before the round's metrics line is appended, so a crash at any point leaves a run
+that ``--resume`` continues from the last completed round.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fedprostate.config import RunConfig
+
+PREDICTION_COLUMNS = ("site", "patient_id", "study_id", "finding_id", "source", "label", "score")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    arrays: dict[str, np.ndarray]
+    strategy_state: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+class RunRecorder:
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+
+    def write_config(self, cfg: RunConfig) -> None:
+        atomic_write_text(self.dir / "config.toml", cfg.to_toml())
+
+    # ---- per round -----------------------------------------------------------------------
+    def save_checkpoint(self, ckpt: Checkpoint) -> None:
+        stem = self.ckpt_dir / f"round_{ckpt.round:04d}"
+        atomic_save_tensors(stem.with_suffix(".safetensors"), ckpt.arrays)
+        if ckpt.strategy_state:
+            atomic_save_tensors(
+                stem.with_name(stem.name + "_strategy.safetensors"), ckpt.strategy_state
+            )
+        atomic_write_text(stem.with_suffix(".json"), json.dumps({"round": ckpt.round, **ckpt.meta}))
+
+    def latest_checkpoint(self, keep_strategy_state: bool = True) -> Checkpoint | None:
+        metas = sorted(self.ckpt_dir.glob("round_*.json"))
+        for meta_path in reversed(metas):  # the newest complete one
+            tensors = meta_path.with_suffix(".safetensors")
+            if not tensors.exists():
+                continue
+            meta = json.loads(meta_path.read_text())
+            state_path = meta_path.with_name(meta_path.stem + "_strategy.safetensors")
+            state = (
+                load_file(str(state_path)) if keep_strategy_state and state_path.exists() else {}
+            )
+            return Checkpoint(int(meta.pop("round")), load_file(str(tensors)), state, meta)
+        return None
+
+    def append_round(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate_after(self, last_round: int) -> None:
+        """Drop metric lines of rounds after ``last_round`` (a killed run may have written some)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["round"] <= last_round
+        ]
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [
+            json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()
+        ]
+
+    # ---- end of run ----------------------------------------------------------------------
+    def write_predictions(self, split: str, tag: str, rows: list[dict[str, Any]]) -> Path:
+        path = self.dir / f"predictions_{split}_{tag}.csv"
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(
+                fh, fieldnames=[*PREDICTION_COLUMNS, "round"], extrasaction="ignore"
+            )
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        return path
+
+    def write_model(self, arrays: dict[str, np.ndarray]) -> None:
+        atomic_save_tensors(self.dir / "model.safetensors", arrays)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(
+            self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n"
+        )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.floating | np.integer):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def prediction_rows(rows: list[dict], scores: np.ndarray, server_round: int) -> list[dict]:
+    return [
+        {
+            **{k: r.get(k, "") for k in PREDICTION_COLUMNS if k != "score"},
+            "score": float(s),
+            "round": server_round,
+        }
+        for r, s in zip(rows, scores, strict=True)
+    ]

@@ -1,0 +1,218 @@
+"""The server side of a federated run as a plain function over a Flower ``Grid``.
+
+``run_server`` builds the strategy, resumes from the last checkpoint when asked, drives Flower's
+own ``Strategy.start`` and records every round. In simulation (the server can read the crop cache)
+it also scores the pooled validation and benchmark test splits every ``fl.eval_every`` rounds; the
+best round is chosen on validation, never on test. In deployment evaluation is federated only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, MetricRecord
+
+from fedprostate.config import RunConfig
+from fedprostate.fl import task, wire
+from fedprostate.fl.recorder import Checkpoint, RunRecorder, prediction_rows
+from fedprostate.fl.strategies import make_strategy
+from fedprostate.train import predict_scores, score_metrics
+
+log = logging.getLogger("fedprostate.server")
+
+
+class BenchmarkScorer:
+    """Server-side scoring of pooled val/test splits (simulation only); remembers the best round."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.sets = {split: task.pooled_dataset(cfg, split) for split in ("val", "test")}
+        self.best: dict | None = None
+        self.last: dict | None = None
+
+    def score(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict:
+        bundle = task.build_model(self.cfg)
+        task.load_communicated(bundle.ft, arrays)
+        task.set_local_state(bundle.ft, bundle.initial_local)
+        out, preds = {}, {}
+        for split, ds in self.sets.items():
+            scores, labels = predict_scores(bundle.ft.model, ds)
+            out[split] = score_metrics(labels, scores)
+            preds[split] = prediction_rows(ds.rows, scores, server_round)
+        entry = {"round": server_round, "metrics": out, "predictions": preds}
+        self.last = entry
+        val = out["val"]["auroc"]
+        if self.best is None or (
+            np.isfinite(val) and not val <= self.best["metrics"]["val"]["auroc"]
+        ):
+            self.best = entry
+        return out
+
+
+def run_server(grid, cfg: RunConfig) -> dict:
+    if not cfg.out:
+        raise ValueError("the run folder (config key 'out') is not set")
+    t0 = time.time()
+    recorder = RunRecorder(Path(cfg.out))
+    bundle = task.build_model(cfg)
+    shapes = task.communicated_shapes(bundle.ft)
+    arrays = task.communicated_numpy(bundle.ft)
+    simulation = bool(cfg.data.cache)
+    num_clients = len(task.client_names(cfg)) if simulation else cfg.fl.min_available_nodes
+    strategy = make_strategy(cfg, num_clients)
+    random.seed(cfg.seed)  # Flower's node sampling draws from the global `random`
+    offset, wall_before = 0, 0.0
+    if cfg.resume and (ckpt := recorder.latest_checkpoint()) is not None:
+        offset, arrays = ckpt.round, ckpt.arrays
+        strategy.load_optimizer_state(ckpt.strategy_state)
+        random.setstate(_to_random_state(ckpt.meta["random_state"]))
+        wall_before = float(ckpt.meta.get("wall_s", 0.0))
+        recorder.truncate_after(offset)
+        log.info("resuming after round %d of %d", offset, cfg.fl.rounds)
+    elif not cfg.resume:
+        recorder.metrics_path.unlink(missing_ok=True)
+    recorder.write_config(cfg)
+    strategy.attach(shapes, cfg.compress.downlink, cfg.seed, bundle.foundation_sha256, offset)
+    scorer = BenchmarkScorer(cfg) if simulation else None
+
+    def evaluate_fn(server_round: int, record) -> MetricRecord | None:
+        current = server_round + offset
+        if server_round == 0 and offset > 0:
+            return None
+        tensors = wire.from_record(record)
+        entry: dict = {"round": current, "time_s": round(time.time() - t0 + wall_before, 2)}
+        if server_round > 0:
+            entry.update(strategy.ledger.pop())
+            recorder.save_checkpoint(
+                Checkpoint(
+                    current,
+                    tensors,
+                    strategy.optimizer_state(),
+                    {
+                        "random_state": _from_random_state(random.getstate()),
+                        "wall_s": time.time() - t0 + wall_before,
+                    },
+                )
+            )
+        due = current % cfg.fl.eval_every == 0 or current == cfg.fl.rounds
+        if scorer is not None and due:
+            entry.update(scorer.score(current, tensors))
+        recorder.append_round(entry)
+        if "val" in entry:
+            return MetricRecord(
+                {
+                    f"{s}-{k}": float(v)
+                    for s in ("val", "test")
+                    for k, v in entry[s].items()
+                    if k in ("auroc", "ap", "loss")
+                }
+            )
+        return None
+
+    remaining = cfg.fl.rounds - offset
+    final = arrays
+    if remaining > 0:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=wire.to_record(arrays),
+            num_rounds=remaining,
+            timeout=cfg.fl.round_timeout,
+            train_config=ConfigRecord({"phase": "train"}),
+            evaluate_config=ConfigRecord({"split": "val"}),
+            evaluate_fn=evaluate_fn,
+        )
+        final = wire.from_record(result.arrays) if result.arrays is not None else arrays
+    recorder.write_model(final)
+    if scorer is not None:
+        _rescore_best_if_earlier(scorer, recorder)
+    summary = summarize(cfg, recorder, scorer, bundle, time.time() - t0 + wall_before)
+    recorder.write_summary(summary)
+    return summary
+
+
+def summarize(
+    cfg: RunConfig,
+    recorder: RunRecorder,
+    scorer: BenchmarkScorer | None,
+    bundle: task.ModelBundle,
+    wall_s: float,
+) -> dict:
+    rounds = recorder.read_rounds()
+    up, down = defaultdict(list), defaultdict(list)
+    for entry in rounds:
+        for c in entry.get("clients", []):
+            up[c["site"]].append(c["bytes_up"])
+            down[c["site"]].append(c["bytes_down"])
+    mb = 1e6
+    all_up = [b for v in up.values() for b in v]
+    all_down = [b for v in down.values() for b in v]
+    summary = {
+        "rounds": cfg.fl.rounds,
+        "strategy": cfg.fl.strategy,
+        "method": cfg.finetune.method,
+        "arch": cfg.model.arch,
+        "uplink_codec": cfg.compress.uplink,
+        "trainable_params": int(
+            sum(p.numel() for p in bundle.ft.model.parameters() if p.requires_grad)
+        ),
+        "communicated_params": int(
+            sum(np.prod(s) for s in task.communicated_shapes(bundle.ft).values())
+        ),
+        "foundation_sha256": bundle.foundation_sha256,
+        "uplink_mb_per_client_round": float(np.mean(all_up) / mb) if all_up else 0.0,
+        "downlink_mb_per_client_round": float(np.mean(all_down) / mb) if all_down else 0.0,
+        "uplink_mb_per_site": {s: float(np.mean(v) / mb) for s, v in sorted(up.items())},
+        "downlink_mb_per_site": {s: float(np.mean(v) / mb) for s, v in sorted(down.items())},
+        "total_mb": float((sum(all_up) + sum(all_down)) / mb),
+        "rejected_replies": sum(len(e.get("rejected", [])) for e in rounds),
+        "wall_s": round(wall_s, 2),
+    }
+    if scorer is not None and scorer.best is not None and scorer.last is not None:
+        best, last = scorer.best, scorer.last
+        summary.update(
+            {
+                "best_round": best["round"],
+                "val_auroc": best["metrics"]["val"]["auroc"],
+                "test_auroc": best["metrics"]["test"]["auroc"],
+                "test_ap": best["metrics"]["test"]["ap"],
+                "last_round_test_auroc": last["metrics"]["test"]["auroc"],
+            }
+        )
+        for tag, entry in (("best", best), ("last", last)):
+            for split in ("val", "test"):
+                recorder.write_predictions(split, tag, entry["predictions"][split])
+    return summary
+
+
+def _rescore_best_if_earlier(scorer: BenchmarkScorer, recorder: RunRecorder) -> None:
+    """After a resume the best round may predate this process: score its checkpoint again."""
+    scored = [e for e in recorder.read_rounds() if "val" in e and e["round"] > 0]
+    if not scored:
+        return
+    aurocs = [e["val"]["auroc"] if np.isfinite(e["val"]["auroc"]) else -1.0 for e in scored]
+    best_round = scored[int(np.argmax(aurocs))]["round"]
+    if scorer.best is not None and scorer.best["round"] == best_round:
+        return
+    from safetensors.numpy import load_file
+
+    last = scorer.last
+    scorer.best = None
+    scorer.score(
+        best_round, load_file(str(recorder.ckpt_dir / f"round_{best_round:04d}.safetensors"))
+    )
+    scorer.last = last
+
+
+def _from_random_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _to_random_state(saved: list) -> tuple:
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)

@@ -1,0 +1,181 @@
+"""Plain functions the Flower apps and the baselines share: build the model, find a client's data.
+
+Nothing here imports Flower. Built models and loaded indexes are cached per process, because a
+simulated SuperNode process serves many rounds (and, in simulation, many sites).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedprostate.config import RunConfig
+from fedprostate.data.cache import CropDataset, load_index
+from fedprostate.data.splits import partition
+from fedprostate.models.backbones import create_backbone
+from fedprostate.models.finetune import (
+    Finetuned,
+    FinetuneSpec,
+    build_finetune,
+    get_communicated,
+    set_communicated,
+)
+from fedprostate.models.foundation import backbone_sha256, init_from_foundation
+
+
+def finetune_spec(cfg: RunConfig) -> FinetuneSpec:
+    f = cfg.finetune
+    return FinetuneSpec(
+        method=f.method,
+        lora_r=f.lora_r,
+        lora_alpha=f.lora_alpha,
+        lora_dropout=f.lora_dropout,
+        lora_mlp=f.lora_mlp,
+        adapter_dim=f.adapter_dim,
+        adapter_blocks=f.adapter_blocks,
+        local_norms=f.local_norms,
+        seed=cfg.seed,
+    )
+
+
+@dataclass
+class ModelBundle:
+    ft: Finetuned
+    foundation_sha256: str  # hash of the backbone weights every participant must share
+    initial_local: dict[str, torch.Tensor]  # starting values of trained-but-local tensors
+
+
+def _model_key(cfg: RunConfig) -> str:
+    return repr((cfg.seed, cfg.model, cfg.finetune))
+
+
+_MODELS: dict[str, ModelBundle] = {}
+
+
+def build_model(cfg: RunConfig, fresh: bool = False) -> ModelBundle:
+    """Backbone (+ foundation weights) + fine-tuning method, cached per process unless ``fresh``."""
+    key = _model_key(cfg)
+    if not fresh and key in _MODELS:
+        return _MODELS[key]
+    torch.manual_seed(cfg.seed)  # identical random init on every participant when no foundation
+    backbone = create_backbone(cfg.model.arch, crop=cfg.model.crop, num_classes=2, in_chans=3)
+    if cfg.model.foundation:
+        init_from_foundation(backbone, cfg.model.foundation, cfg.model.arch, cfg.model.crop)
+    sha = backbone_sha256(backbone)
+    if cfg.model.foundation_sha256 and sha != cfg.model.foundation_sha256:
+        raise ValueError(
+            f"foundation backbone hash {sha[:12]}… differs from the consortium's expected "
+            f"{cfg.model.foundation_sha256[:12]}…: LoRA/adapter updates are meaningless on another "
+            "backbone; install the consortium's foundation checkpoint"
+        )
+    ft = build_finetune(backbone, cfg.model.arch, finetune_spec(cfg))
+    state = ft.model.state_dict()
+    bundle = ModelBundle(
+        ft=ft, foundation_sha256=sha, initial_local={n: state[n].detach().clone() for n in ft.local}
+    )
+    if not fresh:
+        _MODELS[key] = bundle
+    return bundle
+
+
+def communicated_numpy(ft: Finetuned) -> dict[str, np.ndarray]:
+    return {
+        k: v.detach().cpu().numpy().astype(np.float32, copy=True)
+        for k, v in get_communicated(ft).items()
+    }
+
+
+def load_communicated(ft: Finetuned, arrays: dict[str, np.ndarray]) -> None:
+    set_communicated(
+        ft, {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in arrays.items()}
+    )
+
+
+def communicated_shapes(ft: Finetuned) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in get_communicated(ft).items()}
+
+
+def local_state(ft: Finetuned) -> dict[str, torch.Tensor]:
+    state = ft.model.state_dict()
+    return {n: state[n].detach().clone() for n in ft.local}
+
+
+def set_local_state(ft: Finetuned, tensors: dict[str, torch.Tensor]) -> None:
+    if tensors:
+        ft.model.load_state_dict(tensors, strict=False)
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _index(cache: str) -> tuple[dict, ...]:
+    return tuple(load_index(cache))
+
+
+def client_partitions(cfg: RunConfig) -> dict[str, list[dict]]:
+    """Client name → its index rows (all splits), per the configured partition scheme."""
+    if not cfg.data.cache:
+        raise ValueError("data.cache is not set: point it at a folder written by `data prepare`")
+    rows = [dict(r) for r in _index(str(Path(cfg.data.cache).resolve()))]
+    parts = partition(
+        rows,
+        scheme=cfg.data.partition,
+        num_partitions=cfg.data.num_partitions or None,
+        alpha=cfg.data.dirichlet_alpha,
+        seed=cfg.seed,
+        holdout_site=cfg.data.holdout_site or None,
+    )
+    return dict(sorted(parts.items()))
+
+
+def client_names(cfg: RunConfig) -> list[str]:
+    return list(client_partitions(cfg))
+
+
+def _cap(rows: list[dict], cap: int, seed: int, name: str) -> list[dict]:
+    if cap <= 0 or len(rows) <= cap:
+        return rows
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    keep = np.sort(rng.choice(len(rows), size=cap, replace=False))
+    return [rows[i] for i in keep]
+
+
+def client_dataset(cfg: RunConfig, client: str, split: str) -> CropDataset:
+    parts = client_partitions(cfg)
+    if client not in parts:
+        raise KeyError(
+            f"no client {client!r} in partition {cfg.data.partition} (clients: {', '.join(parts)})"
+        )
+    rows = [r for r in parts[client] if r["split"] == split]
+    if split == "train":
+        rows = _cap(rows, cfg.data.max_train_per_client, cfg.seed, client)
+    return CropDataset(cfg.data.cache, rows)
+
+
+def pooled_dataset(cfg: RunConfig, split: str, sites: list[str] | None = None) -> CropDataset:
+    """All rows of ``split`` (optionally only some sites): the benchmark's held-out set.
+
+    Leave-one-site-out scores the held-out hospital, which never trained, on its test split.
+    """
+    rows = [dict(r) for r in _index(str(Path(cfg.data.cache).resolve()))]
+    if cfg.data.partition == "loso" and split == "test" and sites is None:
+        sites = [cfg.data.holdout_site]
+    rows = [r for r in rows if r["split"] == split and (sites is None or r["site"] in sites)]
+    return CropDataset(cfg.data.cache, rows)
+
+
+def client_seed(cfg: RunConfig, server_round: int, client: str) -> int:
+    digest = hashlib.sha256(f"{cfg.seed}:{server_round}:{client}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def fresh_copy(bundle: ModelBundle) -> Finetuned:
+    return copy.deepcopy(bundle.ft)

@@ -1,0 +1,186 @@
+"""The one local training / evaluation loop, used by centralized, local-only and federated runs.
+
+Plain PyTorch: who holds which data and who averages differs between run kinds, this loop does not.
+Every random draw (shuffling, augmentation, dropout) comes from generators seeded by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fedprostate.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    loss: float  # mean training loss over the local steps
+    num_examples: int  # examples in the local training set (FedAvg weight)
+    steps: int
+    seen: int  # examples processed (steps × batch)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    rows = getattr(dataset, "rows", None)
+    if rows is not None:
+        return np.asarray([int(r["label"]) for r in rows], dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def class_weights(labels: np.ndarray, num_classes: int = 2) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1; a class absent locally gets weight 1."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 1.0)
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Label-preserving augmentation of a [B,C,H,W] batch: left-right flip, small shift, gain.
+
+    Left-right is a true anatomical symmetry of the prostate; up-down (anterior-posterior) is not,
+    so it is never flipped. Intensity gain stays small so ADC keeps its physical meaning.
+    """
+    b = x.shape[0]
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    max_shift = max(1, x.shape[-1] // 16)
+    shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=gen)
+    rolled = [
+        torch.roll(xi, (int(s[0]), int(s[1])), dims=(-2, -1))
+        for xi, s in zip(x, shifts, strict=True)
+    ]
+    x = torch.stack(rolled)
+    gain = 1.0 + 0.05 * (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1)
+    return x * gain
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, but normalisation layers with no trainable parameters stay in eval mode.
+
+    A frozen BatchNorm must not update its running statistics: they belong to the foundation
+    model, and every client must keep the same ones for averaged updates to mean anything.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def train_local(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    seed: int,
+    global_params: dict[str, torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train ``model``'s trainable parameters on ``dataset`` for cfg.epochs (or cfg.steps).
+
+    ``global_params`` (trainable name → tensor) enables FedProx's proximal term with cfg.prox_mu.
+    """
+    if len(dataset) == 0:
+        raise ValueError("train_local: empty training set")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    model.to(device)
+    torch.manual_seed(seed)  # dropout inside the model
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        drop_last=len(dataset) > cfg.batch_size,
+    )
+    labels = dataset_labels(dataset)
+    weight = class_weights(labels).to(device) if cfg.class_weighting else None
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    params = _trainable(model)
+    if not params:
+        raise ValueError("train_local: the model has no trainable parameters")
+    optimizer = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchors = None
+    if cfg.prox_mu > 0 and global_params is not None:
+        anchors = [(p, global_params[n].to(device)) for n, p in params if n in global_params]
+
+    total_steps = cfg.steps if cfg.steps > 0 else cfg.epochs * len(loader)
+    set_train_mode(model)
+    losses: list[float] = []
+    seen = 0
+    step = 0
+    while step < total_steps:
+        for x, y in loader:
+            if step >= total_steps:
+                break
+            x, y = x.to(device), y.to(device)
+            if cfg.augment:
+                x = augment_batch(x, gen)
+            loss = criterion(model(x), y)
+            if anchors:
+                prox = sum(((p - a) ** 2).sum() for p, a in anchors)
+                loss = loss + 0.5 * cfg.prox_mu * prox
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value} at step {step}")
+            losses.append(value)
+            seen += len(y)
+            step += 1
+            if progress:
+                progress(step, total_steps)
+    model.eval()
+    return TrainResult(
+        loss=float(np.mean(losses)), num_examples=len(dataset), steps=step, seen=seen
+    )
+
+
+@torch.no_grad()
+def predict_scores(
+    model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """csPCa probabilities (softmax class 1) and labels for every item, in dataset order."""
+    model.to(device).eval()
+    scores, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        logits = model(x.to(device))
+        scores.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
+        labels.append(y.numpy())
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def score_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Quick metrics used every round (the full evaluation with CIs lives in fedprostate.eval)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    eps = 1e-7
+    p = np.clip(scores.astype(np.float64), eps, 1 - eps)
+    out = {
+        "n": float(len(labels)),
+        "loss": float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+        if len(labels)
+        else float("nan"),
+    }
+    if len(np.unique(labels)) == 2:
+        out["auroc"] = float(roc_auc_score(labels, scores))
+        out["ap"] = float(average_precision_score(labels, scores))
+    else:
+        out["auroc"] = float("nan")
+        out["ap"] = float("nan")
+    return out
