@@ -1,0 +1,187 @@
+"""Report figures (matplotlib, Agg backend). Each function writes one PNG and returns its path.
+
+Inputs are plain data: ``(labels, scores)`` pairs or prediction-row lists per model, the
+``per_site`` part of ``evaluate_predictions`` results, and per-round histories per arm.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from fedprostate.eval.bootstrap import calibration_bins  # noqa: E402
+
+
+def _labels_scores(data) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) from a pair of arrays or from a list of prediction-row dicts."""
+    if isinstance(data, Sequence) and data and isinstance(data[0], Mapping):
+        return (
+            np.array([int(r["label"]) for r in data]),
+            np.array([float(r["score"]) for r in data]),
+        )
+    labels, scores = data
+    return np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _require(items: Mapping, what: str) -> None:
+    if not items:
+        raise ValueError(f"nothing to plot: no {what} given")
+
+
+def plot_roc_curves(models: Mapping[str, object], path, title: str = "ROC curves") -> Path:
+    """One ROC curve per model (legend shows its AUROC). models: name -> (labels, scores) | rows."""
+    _require(models, "models")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, data in models.items():
+        y, s = _labels_scores(data)
+        if y.min() == y.max():
+            raise ValueError(f"ROC of {name!r} needs both classes")
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(
+    models: Mapping[str, object], path, n_bins: int = 10, title: str = "Reliability diagram"
+) -> Path:
+    """Observed positive fraction vs mean predicted probability per equal-width bin."""
+    _require(models, "models")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, data in models.items():
+        y, p = _labels_scores(data)
+        if p.min() < 0 or p.max() > 1:
+            raise ValueError(f"reliability diagram of {name!r} needs probabilities in [0, 1]")
+        bins = calibration_bins(p, n_bins)
+        used = np.unique(bins)
+        mean_p = np.array([p[bins == b].mean() for b in used])
+        frac = np.array([y[bins == b].mean() for b in used])
+        ax.plot(mean_p, frac, marker="o", label=name)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect calibration")
+    ax.set(xlabel="mean predicted probability", ylabel="observed fraction positive", title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_per_site(
+    results: Mapping[str, Mapping], path, metric: str = "auroc", title: str | None = None
+) -> Path:
+    """Grouped bars per site with CI whiskers. results: model -> evaluate_predictions() output
+    (or its "per_site" dict: site -> {metric: {"estimate", "low", "high"}})."""
+    _require(results, "results")
+    per_model = {m: (r["per_site"] if "per_site" in r else r) for m, r in results.items()}
+    sites = sorted({s for ps in per_model.values() for s in ps})
+    width = 0.8 / len(per_model)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(sites) * len(per_model) + 2), 4))
+    for i, (model, per_site) in enumerate(per_model.items()):
+        est, err_lo, err_hi = [], [], []
+        for site in sites:
+            ci = per_site.get(site, {}).get(metric) or {}
+            e = ci.get("estimate")
+            est.append(np.nan if e is None else e)
+            err_lo.append(0 if e is None or ci.get("low") is None else e - ci["low"])
+            err_hi.append(0 if e is None or ci.get("high") is None else ci["high"] - e)
+        x = np.arange(len(sites)) + (i - (len(per_model) - 1) / 2) * width
+        ax.bar(x, est, width, yerr=[err_lo, err_hi], capsize=3, label=model)
+    ax.set_xticks(np.arange(len(sites)), sites, rotation=45, ha="right")
+    ax.set(ylabel=metric.upper(), title=title or f"{metric.upper()} per site (95% CI)")
+    if metric in ("auroc", "ap"):
+        ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _pairs(points, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) arrays from a list of (x, y) tuples or of dicts carrying x_key and y_key."""
+    if not points:
+        return np.array([]), np.array([])
+    if isinstance(points[0], Mapping):
+        pts = [(p[x_key], p[y_key]) for p in points if p.get(y_key) is not None]
+    else:
+        pts = [tuple(p) for p in points]
+    arr = np.array(pts, dtype=float).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def plot_auroc_vs_round(
+    histories: Mapping[str, Sequence], path, metric: str = "auroc", title: str | None = None
+) -> Path:
+    """One line per arm: metric vs federated round. history: [(round, value)] or metrics.jsonl
+    dicts with keys "round" and ``metric``."""
+    _require(histories, "histories")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, history in histories.items():
+        rounds, values = _pairs(history, "round", metric)
+        ax.plot(rounds, values, marker=".", label=arm)
+    ax.set(
+        xlabel="round",
+        ylabel=f"validation {metric.upper()}",
+        title=title or f"{metric.upper()} vs round",
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by one with fewer (or equal) MB and higher (or equal) AUROC."""
+    front, best = [], -np.inf
+    for mb, auc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if auc > best:
+            front.append((mb, auc))
+            best = auc
+    return front
+
+
+def plot_auroc_vs_mb(
+    arms: Mapping[str, Sequence], path, metric: str = "auroc", title: str | None = None
+) -> Path:
+    """Metric vs cumulative MB communicated (log x), one curve per arm, with the Pareto front of
+    the arms' final points. arm -> [(cumulative_mb, value)] or dicts with "cum_mb", ``metric``."""
+    _require(arms, "arms")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finals = []
+    for arm, points in arms.items():
+        mb, values = _pairs(points, "cum_mb", metric)
+        if len(mb) == 0:
+            continue
+        if (mb <= 0).any():
+            raise ValueError(f"arm {arm!r}: cumulative MB must be > 0 for a log axis")
+        ax.plot(mb, values, marker=".", alpha=0.8, label=arm)
+        finals.append((float(mb[-1]), float(values[-1])))
+    front = pareto_front(finals)
+    if front:
+        fx, fy = zip(*front, strict=True)
+        ax.step(fx, fy, where="post", c="black", ls="--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set(xlabel="cumulative MB communicated", ylabel=metric.upper())
+    ax.set_title(title or f"{metric.upper()} vs communication")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def png_to_data_uri(path) -> str:
+    """``data:image/png;base64,...`` for embedding a PNG in a self-contained HTML report."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b"\x89PNG"):
+        raise ValueError(f"{path} is not a PNG file")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
