@@ -7,6 +7,9 @@ from fedprostate.cli_app import app
 # Command modules, imported for their side effect of registering commands on the Typer apps.
 _COMMAND_MODULES = (
     "fedprostate.commands.data_synth",
+    "fedprostate.commands.data_prepare",
+    "fedprostate.commands.pretrain",
+    "fedprostate.commands.runs",
 )
 
 for _name in _COMMAND_MODULES:

@@ -114,6 +114,17 @@ class CompressConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    teacher: str = ""  # exported teacher bundle folder; "" = no distillation
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the distillation term (1 - alpha on the hard labels)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+            raise ValueError("distill.temperature must be > 0 and distill.alpha in [0, 1]")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     n_boot: int = 1000
     threshold_rule: str = "youden"  # youden | sens90
@@ -131,6 +142,7 @@ class RunConfig:
     fl: FLConfig = field(default_factory=FLConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod

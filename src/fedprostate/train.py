@@ -85,10 +85,15 @@ def train_local(
     seed: int,
     global_params: dict[str, torch.Tensor] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    teacher: nn.Module | None = None,
+    kd_temperature: float = 2.0,
+    kd_alpha: float = 0.5,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``dataset`` for cfg.epochs (or cfg.steps).
 
     ``global_params`` (trainable name → tensor) enables FedProx's proximal term with cfg.prox_mu.
+    ``teacher`` enables knowledge distillation: loss = (1 − α)·CE(labels) + α·T²·KL(teacher_T ‖
+    student_T), with temperature-softened probabilities (Hinton et al., 2015); teacher frozen.
     """
     if len(dataset) == 0:
         raise ValueError("train_local: empty training set")
@@ -128,7 +133,12 @@ def train_local(
             x, y = x.to(device), y.to(device)
             if cfg.augment:
                 x = augment_batch(x, gen)
-            loss = criterion(model(x), y)
+            logits = model(x)
+            loss = criterion(logits, y)
+            if teacher is not None:
+                loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(
+                    logits, teacher, x, kd_temperature
+                )
             if anchors:
                 prox = sum(((p - a) ** 2).sum() for p, a in anchors)
                 loss = loss + 0.5 * cfg.prox_mu * prox
@@ -147,6 +157,17 @@ def train_local(
     return TrainResult(
         loss=float(np.mean(losses)), num_examples=len(dataset), steps=step, seen=seen
     )
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher: nn.Module, x: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T²-scaled KL divergence between temperature-softened teacher and student distributions."""
+    with torch.no_grad():
+        teacher.eval()
+        soft_targets = torch.softmax(teacher(x) / temperature, dim=1)
+    log_student = torch.log_softmax(student_logits / temperature, dim=1)
+    return nn.functional.kl_div(log_student, soft_targets, reduction="batchmean") * temperature**2
 
 
 @torch.no_grad()

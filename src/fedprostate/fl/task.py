@@ -84,6 +84,20 @@ def build_model(cfg: RunConfig, fresh: bool = False) -> ModelBundle:
     return bundle
 
 
+_TEACHERS: dict[str, torch.nn.Module] = {}
+
+
+def teacher_model(cfg: RunConfig) -> torch.nn.Module | None:
+    """The frozen teacher for knowledge distillation (``distill.teacher``), loaded once."""
+    if not cfg.distill.teacher:
+        return None
+    if cfg.distill.teacher not in _TEACHERS:
+        from fedprostate.distill import load_teacher
+
+        _TEACHERS[cfg.distill.teacher] = load_teacher(cfg.distill.teacher)
+    return _TEACHERS[cfg.distill.teacher]
+
+
 def communicated_numpy(ft: Finetuned) -> dict[str, np.ndarray]:
     return {
         k: v.detach().cpu().numpy().astype(np.float32, copy=True)

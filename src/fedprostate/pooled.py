@@ -1,0 +1,164 @@
+"""Baselines with the same training loop: centralized (pooled data) and local-only (each site).
+
+A "round" here is ``train.epochs`` (or ``train.steps``) of the same local loop the federated
+clients run, repeated ``fl.rounds`` times, so the three run kinds see the same amount of training.
+Outputs have the federated run's layout: config.toml, metrics.jsonl, predictions_*.csv,
+summary.json, model.safetensors; the best round is chosen on validation.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedprostate.config import RunConfig
+from fedprostate.data.cache import CropDataset
+from fedprostate.fl import task
+from fedprostate.fl.recorder import RunRecorder, prediction_rows
+from fedprostate.train import predict_scores, score_metrics, train_local
+
+
+class _Pooled(CropDataset):
+    """Several clients' rows as one dataset (keeps ``.rows`` for labels and predictions)."""
+
+    def __init__(self, cache: str, parts: list[CropDataset]):
+        super().__init__(cache, [r for p in parts for r in p.rows])
+
+
+def _fit(
+    cfg: RunConfig, name: str, train_ds, sets: dict[str, CropDataset], recorder: RunRecorder | None
+) -> dict:
+    """Train a fresh model for fl.rounds rounds; score ``sets`` each round; keep the best on val."""
+    bundle = task.build_model(cfg, fresh=True)
+    model = bundle.ft.model
+    best: dict | None = None
+    for r in range(1, cfg.fl.rounds + 1):
+        result = train_local(model, train_ds, cfg.train, seed=task.client_seed(cfg, r, name))
+        entry: dict = {"round": r, "client": name, "train_loss": result.loss}
+        preds = {}
+        for split, ds in sets.items():
+            scores, labels = predict_scores(model, ds)
+            entry[split] = score_metrics(labels, scores)
+            preds[split] = prediction_rows(ds.rows, scores, r)
+        if recorder is not None:
+            recorder.append_round(entry)
+        val = entry["val"]["auroc"]
+        if best is None or (np.isfinite(val) and not val <= best["val"]["auroc"]):
+            best = {**entry, "predictions": preds, "arrays": task.communicated_numpy(bundle.ft)}
+        last = {**entry, "predictions": preds}
+    return {"best": best, "last": last, "bundle": bundle}
+
+
+def _prepare(cfg: RunConfig, out: str | Path) -> tuple[RunConfig, RunRecorder]:
+    from fedprostate.fl.simulation import prepare_run_config
+
+    cfg = prepare_run_config(cfg, out)
+    recorder = RunRecorder(cfg.out)
+    recorder.metrics_path.unlink(missing_ok=True)
+    recorder.write_config(cfg)
+    return cfg, recorder
+
+
+def centralize(cfg: RunConfig, out: str | Path) -> dict:
+    """Pool every client's training data (the upper bound a federation tries to reach)."""
+    t0 = time.time()
+    cfg, recorder = _prepare(cfg, out)
+    names = task.client_names(cfg)
+    train = _Pooled(cfg.data.cache, [task.client_dataset(cfg, n, "train") for n in names])
+    sets = {"val": task.pooled_dataset(cfg, "val"), "test": task.pooled_dataset(cfg, "test")}
+    fit = _fit(cfg, "pooled", train, sets, recorder)
+    for tag in ("best", "last"):
+        for split in sets:
+            recorder.write_predictions(split, tag, fit[tag]["predictions"][split])
+    recorder.write_model(fit["best"]["arrays"])
+    summary = _summary(
+        cfg, "centralized", fit["best"], fit["last"], fit["bundle"], time.time() - t0
+    )
+    summary["per_site_test_auroc"] = _per_site(fit["best"]["predictions"]["test"])
+    recorder.write_summary(summary)
+    return summary
+
+
+def local_only(cfg: RunConfig, out: str | Path) -> dict:
+    """Each site trains alone; scored on its own test split and on the pooled test split."""
+    t0 = time.time()
+    cfg, recorder = _prepare(cfg, out)
+    pooled_test = task.pooled_dataset(cfg, "test")
+    per_site, own_preds, own_val_preds = {}, [], []
+    for name in task.client_names(cfg):
+        own = {
+            "val": task.client_dataset(cfg, name, "val"),
+            "test": task.client_dataset(cfg, name, "test"),
+        }
+        fit = _fit(
+            cfg,
+            name,
+            task.client_dataset(cfg, name, "train"),
+            {**own, "pooled_test": pooled_test},
+            recorder,
+        )
+        best = fit["best"]
+        per_site[name] = {
+            "best_round": best["round"],
+            "own_test_auroc": best["test"]["auroc"],
+            "pooled_test_auroc": best["pooled_test"]["auroc"],
+        }
+        own_preds += best["predictions"]["test"]
+        own_val_preds += best["predictions"]["val"]
+    recorder.write_predictions("test", "best", own_preds)
+    recorder.write_predictions("val", "best", own_val_preds)
+    labels = np.array([int(r["label"]) for r in own_preds])
+    scores = np.array([float(r["score"]) for r in own_preds])
+    own = score_metrics(labels, scores)
+    pooled = [
+        v["pooled_test_auroc"] for v in per_site.values() if np.isfinite(v["pooled_test_auroc"])
+    ]
+    summary = {
+        "kind": "local",
+        "rounds": cfg.fl.rounds,
+        "method": cfg.finetune.method,
+        "arch": cfg.model.arch,
+        "per_site": per_site,
+        "test_auroc": own["auroc"],
+        "test_ap": own["ap"],
+        "mean_pooled_test_auroc": float(np.mean(pooled)) if pooled else float("nan"),
+        "uplink_mb_per_client_round": 0.0,
+        "wall_s": round(time.time() - t0, 2),
+    }
+    recorder.write_summary(summary)
+    return summary
+
+
+def _summary(
+    cfg: RunConfig, kind: str, best: dict, last: dict, bundle: task.ModelBundle, wall_s: float
+) -> dict:
+    return {
+        "kind": kind,
+        "rounds": cfg.fl.rounds,
+        "method": cfg.finetune.method,
+        "arch": cfg.model.arch,
+        "best_round": best["round"],
+        "val_auroc": best["val"]["auroc"],
+        "test_auroc": best["test"]["auroc"],
+        "test_ap": best["test"]["ap"],
+        "last_round_test_auroc": last["test"]["auroc"],
+        "trainable_params": int(
+            sum(p.numel() for p in bundle.ft.model.parameters() if p.requires_grad)
+        ),
+        "foundation_sha256": bundle.foundation_sha256,
+        "uplink_mb_per_client_round": 0.0,
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def _per_site(rows: list[dict]) -> dict[str, float]:
+    out = {}
+    for site in sorted({r["site"] for r in rows}):
+        sub = [r for r in rows if r["site"] == site]
+        m = score_metrics(
+            np.array([int(r["label"]) for r in sub]), np.array([r["score"] for r in sub])
+        )
+        out[site] = m["auroc"]
+    return out
