@@ -1,0 +1,93 @@
+"""``fedprostate data prepare``: raw studies (PI-CAI, ProstateX, Prostate158, generic) -> cache."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedprostate.cli_app import data_app
+
+
+class Format(StrEnum):
+    picai = "picai"
+    prostatex = "prostatex"
+    prostate158 = "prostate158"
+    generic = "generic"
+    auto = "auto"
+
+
+class Mode(StrEnum):
+    lesion = "lesion"
+    organ = "organ"
+
+
+@data_app.command("prepare")
+def data_prepare(
+    src: Path = typer.Option(..., "--src", help="Raw data folder (or the generic findings CSV)."),
+    out: Path = typer.Option(..., "--out", help="Crop cache folder to write."),
+    fmt: Format = typer.Option(Format.auto, "--format", help="Input layout; auto detects it."),
+    mode: Mode = typer.Option(
+        Mode.lesion,
+        "--mode",
+        help="lesion: a crop per finding; organ: gland box on every gland slice.",
+    ),
+    crop: int = typer.Option(64, "--crop", help="Crop size in pixels (H = W)."),
+    spacing: float = typer.Option(
+        0.5, "--spacing", help="In-plane pixel spacing of lesion crops, mm."
+    ),
+    slices: int = typer.Option(1, "--slices", help="Slices per crop (odd): C = 3 x slices."),
+    seed: int = typer.Option(0, "--seed", help="Seed of splits and sampled negatives."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad study."),
+    labels: str = typer.Option(
+        "human_expert/resampled",
+        "--labels",
+        help="PI-CAI lesion label folder: human_expert/resampled, "
+        "human_expert/original or AI/Bosma22a.",
+    ),
+    negatives: int = typer.Option(
+        2, "--negatives", help="Sampled negatives per study (PI-CAI, Prostate158)."
+    ),
+) -> None:
+    """Read raw studies, crop them and write the per-site crop cache."""
+    from fedprostate.data.prepare import prepare
+    from fedprostate.data.readers import DataFormatError
+    from fedprostate.data.study import StudyError
+
+    console = Console(stderr=True)
+    try:
+        report = prepare(
+            src,
+            out,
+            fmt=fmt.value,
+            mode=mode.value,
+            crop=crop,
+            spacing=spacing,
+            n_slices=slices,
+            seed=seed,
+            strict=strict,
+            labels=labels,
+            negatives=negatives,
+            console=console,
+        )
+    except StudyError as exc:
+        console.print(
+            f"[red]error[/red] {exc} (--strict: stopped; see {out / 'rejected.csv'})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    except (DataFormatError, ValueError) as exc:
+        console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    sites = ", ".join(f"{s}: {n}" for s, n in report.per_site.items())
+    console.print(
+        f"{report.format}: {report.listed} studies listed, {report.kept} kept, "
+        f"{report.rejected} rejected (rejected.csv); {report.crops} crops "
+        f"({report.positives} positive) in {report.seconds:.1f} s "
+        f"({report.studies_per_s:.1f} studies/s) -> {out}",
+        highlight=False,
+    )
+    console.print(f"crops per site: {sites}", highlight=False)

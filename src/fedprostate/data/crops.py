@@ -1,0 +1,195 @@
+"""Lesion and whole-organ crops, sampled as small planes in world space.
+
+A crop is a plane in the T2 orientation (``preprocess.frame``) sampled from each sequence's own
+grid, so a world point lands on the same pixel in every channel whatever the grids were.
+
+* Lesion mode: one crop per finding, ``crop``×``crop`` pixels at ``spacing`` mm, the finding
+  exactly at pixel (row ``crop//2``, column ``crop//2``).
+* Organ mode: the whole gland's in-plane bounding box (square, 20 % margin) on every T2 slice
+  that contains gland, resampled to ``crop``×``crop``; the label is the case label.
+
+With ``n_slices`` > 1 the neighbouring T2 slices (± slice spacing along the T2 normal) are added:
+channels are slice-major, ``[t2w, adc, hbv]`` for the lowest slice first (``channel_names``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813
+
+from fedprostate.data.preprocess import ADC_SCALE, Normalization, frame, sample
+from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
+
+DEFAULT_RADIUS_MM = 3.0
+ORGAN_MARGIN = 1.2
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    mode: str = "lesion"  # lesion | organ
+    crop: int = 64
+    spacing: float = 0.5
+    n_slices: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lesion", "organ"):
+            raise ValueError(f"mode {self.mode!r}: choose lesion or organ")
+        if self.crop < 8 or self.spacing <= 0:
+            raise ValueError("crop must be >= 8 pixels and spacing > 0 mm")
+        if self.n_slices < 1 or self.n_slices % 2 == 0:
+            raise ValueError(f"n_slices={self.n_slices}: must be odd and >= 1")
+
+
+def channel_names(n_slices: int) -> list[str]:
+    offsets = [k - n_slices // 2 for k in range(n_slices)]
+    return [seq if n_slices == 1 else f"{seq}@{o:+d}" for o in offsets for seq in SEQUENCES]
+
+
+def crop_at(
+    study: Study, norm: Normalization, centre_mm, spec: CropSpec, spacing: float | None = None
+) -> np.ndarray:
+    """Normalized crop [3·n_slices, H, W] centred on ``centre_mm``."""
+    ref = frame(
+        study.images["t2w"],
+        centre_mm,
+        (spec.crop, spec.crop),
+        spacing or spec.spacing,
+        spec.n_slices,
+    )
+    planes = [norm.apply(seq, sample(study.images[seq], ref)) for seq in SEQUENCES]  # [n,H,W]
+    stacked = np.stack(planes, axis=1)  # [n, 3, H, W]
+    return stacked.reshape(-1, spec.crop, spec.crop)
+
+
+def adc_mean(study: Study, norm: Normalization, centre_mm, radius_mm: float | None) -> float:
+    """Mean ADC (1e-6 mm²/s) inside a sphere of ``radius_mm`` (default 3 mm) around a point."""
+    radius = min(float(radius_mm or DEFAULT_RADIUS_MM), 15.0)
+    step = max(0.5, radius / 6.0)
+    n = 2 * int(np.ceil(radius / step)) + 1
+    t2 = study.images["t2w"]
+    direction = np.asarray(t2.GetDirection()).reshape(3, 3)
+    ref = sitk.Image([n, n, n], sitk.sitkFloat32)
+    ref.SetSpacing((step, step, step))
+    ref.SetDirection(tuple(direction.ravel()))
+    ref.SetOrigin(tuple(np.asarray(centre_mm) - direction @ np.full(3, n // 2 * step)))
+    values = sample(study.images["adc"], ref)
+    grid = (np.indices((n, n, n)) - n // 2) * step
+    inside = (grid**2).sum(axis=0) <= radius**2
+    picked = values[inside]
+    picked = picked[np.isfinite(picked)]
+    return float(picked.mean() * norm.adc_factor) if picked.size else float("nan")
+
+
+@dataclass
+class Crop:
+    array: np.ndarray  # [C, H, W] float32
+    finding_id: str
+    label: int
+    isup: int
+    zone: str
+    source: str
+    slice: int
+    adc_mean: float
+
+
+def lesion_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]:
+    if study.case_label == 1 and not any(f.clinsig for f in study.findings):
+        raise StudyError(
+            study.patient_id,
+            "excluded from lesion mode: csPCa-positive case with an empty lesion mask "
+            "(case-level label only; kept for organ mode)",
+            study.source_paths.get("lesion", study.source_paths.get("t2w")),
+        )
+    if not study.findings:
+        raise StudyError(
+            study.patient_id,
+            "no findings and no gland to sample negatives from",
+            study.source_paths.get("t2w"),
+        )
+    return [_finding_crop(study, norm, spec, f) for f in study.findings]
+
+
+def _finding_crop(study: Study, norm: Normalization, spec: CropSpec, f: Finding) -> Crop:
+    return Crop(
+        array=crop_at(study, norm, f.world_mm, spec),
+        finding_id=f.finding_id,
+        label=int(f.clinsig),
+        isup=int(f.isup),
+        zone=f.zone,
+        source=f.source,
+        slice=-1,
+        adc_mean=adc_mean(study, norm, f.world_mm, f.radius_mm),
+    )
+
+
+def organ_box(gland: sitk.Image) -> tuple[list[int], tuple[float, float], float]:
+    """Gland slices, in-plane centre (continuous T2 index) and square side in mm."""
+    arr = sitk.GetArrayViewFromImage(gland) > 0
+    slices = np.flatnonzero(arr.any(axis=(1, 2))).tolist()
+    ys = np.flatnonzero(arr.any(axis=(0, 2)))
+    xs = np.flatnonzero(arr.any(axis=(0, 1)))
+    sx, sy = gland.GetSpacing()[:2]
+    side = max((xs[-1] - xs[0] + 1) * sx, (ys[-1] - ys[0] + 1) * sy) * ORGAN_MARGIN
+    return slices, ((xs[0] + xs[-1]) / 2.0, (ys[0] + ys[-1]) / 2.0), float(side)
+
+
+def organ_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]:
+    gland = study.gland_mask
+    if gland is None or not sitk.GetArrayViewFromImage(gland).any():
+        raise StudyError(
+            study.patient_id,
+            "organ mode needs a gland mask and none was found",
+            study.source_paths.get("t2w"),
+        )
+    if study.case_label is None:
+        raise StudyError(
+            study.patient_id, "organ mode needs a case label", study.source_paths.get("t2w")
+        )
+    slices, (cx, cy), side = organ_box(gland)
+    spacing = side / spec.crop
+    half = spec.n_slices // 2
+    # one stack of planes covering every gland slice (± neighbours), resampled once per sequence;
+    # plane j is exactly the frame crop_at would build for T2 slice slices[0] - half + j
+    first = slices[0] - half
+    corner = frame(
+        study.images["t2w"],
+        gland.TransformContinuousIndexToPhysicalPoint((cx, cy, float(first))),
+        (spec.crop, spec.crop),
+        spacing,
+        1,
+    )
+    stack = sitk.Image([spec.crop, spec.crop, slices[-1] + half - first + 1], sitk.sitkFloat32)
+    stack.SetOrigin(corner.GetOrigin())
+    stack.SetSpacing(corner.GetSpacing())
+    stack.SetDirection(corner.GetDirection())
+    planes = {seq: norm.apply(seq, sample(study.images[seq], stack)) for seq in SEQUENCES}
+    in_gland = sample(gland, stack, nearest=True) > 0
+    isup = max((f.isup for f in study.findings if f.clinsig), default=0)
+    out = []
+    for k in slices:
+        j = k - slices[0]  # first plane of this crop's window in the stack
+        array = np.stack([planes[seq][j : j + spec.n_slices] for seq in SEQUENCES], axis=1)
+        mask = in_gland[j + half]
+        adc = planes["adc"][j + half]
+        mean = float(adc[mask].mean() * ADC_SCALE) if mask.any() else float("nan")
+        out.append(
+            Crop(
+                array.reshape(-1, spec.crop, spec.crop),
+                f"slice{k:03d}",
+                int(study.case_label),
+                int(isup),
+                "gland",
+                "organ",
+                int(k),
+                mean,
+            )
+        )
+    return out
+
+
+def study_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]:
+    return (
+        lesion_crops(study, norm, spec) if spec.mode == "lesion" else organ_crops(study, norm, spec)
+    )

@@ -1,0 +1,179 @@
+"""``data prepare``: raw studies -> crop cache.
+
+List the studies, then for each: load (reader) → validate → duplicate check → fit normalization
+→ crops. Any problem with one study becomes a :class:`StudyError`: one line naming the file and
+patient is printed, the study is appended to ``CACHE/rejected.csv`` at once, and the run goes on
+(``strict=True`` raises at the first instead). Splits are assigned by patient at the end and the
+site tensors, index and meta are written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedprostate.data.cache import RejectedLog, write_cache
+from fedprostate.data.crops import CropSpec, channel_names, study_crops
+from fedprostate.data.dedup import DuplicateFinder
+from fedprostate.data.preprocess import describe, fit_normalization
+from fedprostate.data.readers import DataFormatError, StudyRef, list_studies, load_study
+from fedprostate.data.splits import assign_splits
+from fedprostate.data.study import SEQUENCES, Study, StudyError
+
+
+@dataclass
+class PrepareReport:
+    format: str
+    listed: int = 0
+    kept: int = 0
+    rejected: int = 0
+    crops: int = 0
+    positives: int = 0
+    seconds: float = 0.0
+    per_site: dict[str, int] = field(default_factory=dict)  # site -> crops
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def studies_per_s(self) -> float:
+        return self.listed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _as_study_error(ref: StudyRef, exc: Exception) -> StudyError:
+    if isinstance(exc, StudyError):
+        return exc
+    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    return StudyError(
+        ref.patient_id, f"unexpected {type(exc).__name__}: {message[:150]}", ref.main_path
+    )
+
+
+def _rows_for(study: Study, crops) -> list[dict]:
+    psad = study.clinical.get("psad")
+    case = study.case_label if study.case_label is not None else max(c.label for c in crops)
+    return [
+        {
+            "site": study.site,
+            "patient_id": study.patient_id,
+            "study_id": study.study_id,
+            "finding_id": c.finding_id,
+            "label": c.label,
+            "isup": c.isup,
+            "zone": c.zone,
+            "source": c.source,
+            "slice": c.slice,
+            "adc_mean": c.adc_mean,
+            "psad": psad,
+            "case_label": int(case),
+        }
+        for c in crops
+    ]
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    fmt: str = "auto",
+    mode: str = "lesion",
+    crop: int = 64,
+    spacing: float = 0.5,
+    n_slices: int = 1,
+    seed: int = 0,
+    strict: bool = False,
+    labels: str = "human_expert/resampled",
+    negatives: int = 2,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    progress: bool = True,
+    console=None,
+) -> PrepareReport:
+    """Prepare the crop cache in ``out``; returns counts. Raises DataFormatError / StudyError."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = console or Console(stderr=True)
+    spec = CropSpec(mode=mode, crop=crop, spacing=spacing, n_slices=n_slices)
+    start = time.perf_counter()
+    fmt, refs, listing_errors = list_studies(src, fmt, labels=labels)
+    report = PrepareReport(format=fmt, listed=len(refs) + len(listing_errors))
+    log = RejectedLog(out)
+
+    def reject(err: StudyError, study_id: str = "") -> None:
+        report.rejected += 1
+        report.reasons.append(str(err))
+        log.add(err.path, err.patient_id, study_id, err.reason)
+        if strict:
+            raise err
+        console.print(f"[yellow]skipped[/yellow] {err}", highlight=False, soft_wrap=True)
+
+    for err in listing_errors:
+        reject(err)
+
+    rows: list[dict] = []
+    arrays: dict[str, list[np.ndarray]] = defaultdict(list)
+    duplicates = DuplicateFinder()
+    columns = [
+        *Progress.get_default_columns()[:1],
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"prepare {fmt} ({mode})", total=len(refs))
+        for ref in refs:
+            try:
+                study = load_study(ref, seed=seed, negatives=negatives if mode == "lesion" else 0)
+                earlier = duplicates.check(study)
+                if earlier:
+                    raise StudyError(
+                        study.patient_id,
+                        f"duplicate of {earlier} (same T2 image fingerprint)",
+                        study.source_paths.get("t2w"),
+                    )
+                crops = study_crops(study, fit_normalization(study), spec)
+            except Exception as exc:  # every per-study failure is recorded, never fatal
+                reject(_as_study_error(ref, exc), ref.study_id)
+                bar.advance(task)
+                continue
+            for row, c in zip(_rows_for(study, crops), crops, strict=True):
+                row["row"] = len(arrays[study.site])
+                arrays[study.site].append(c.array)
+                rows.append(row)
+            report.kept += 1
+            bar.advance(task)
+
+    if not rows:
+        raise DataFormatError(
+            f"{src}: no usable study ({report.rejected} rejected, see {log.path})"
+        )
+    assign_splits(rows, fractions=fractions, seed=seed)
+    meta = {
+        "mode": mode,
+        "crop": crop,
+        "spacing": spacing,
+        "channels": list(SEQUENCES),
+        "channel_names": channel_names(n_slices),
+        "normalization": describe(),
+        "seed": seed,
+        "n_slices": n_slices,
+        "sites": sorted(arrays),
+        "format": fmt,
+        "labels": labels,
+        "negatives_per_study": negatives if mode == "lesion" else 0,
+        "fractions": list(fractions),
+        "src": str(Path(src).resolve()),
+        "counts": {
+            "listed": report.listed,
+            "kept": report.kept,
+            "rejected": report.rejected,
+            "crops": len(rows),
+        },
+    }
+    write_cache(out, meta, rows, {s: np.stack(a) for s, a in arrays.items()})
+    report.crops = len(rows)
+    report.positives = sum(r["label"] for r in rows)
+    report.per_site = {s: len(a) for s, a in sorted(arrays.items())}
+    report.seconds = time.perf_counter() - start
+    return report

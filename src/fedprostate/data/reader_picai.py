@@ -1,0 +1,163 @@
+"""PI-CAI reader: ``images/`` + the picai_labels layout.
+
+Layout under ``DIR``::
+
+    images/<pid>/<pid>_<sid>_{t2w,adc,hbv}.mha
+    labels/csPCa_lesion_delineations/<labels>/<pid>_<sid>.nii.gz     (labels option, see below)
+    labels/anatomical_delineations/whole_gland/AI/Bosma22b/<pid>_<sid>.nii.gz
+    labels/clinical_information/marksheet.csv    (or DIR/marksheet.csv)
+
+``labels`` is one of ``human_expert/resampled`` (default, on the T2 grid), ``human_expert/original``
+or ``AI/Bosma22a``; masks not on the T2 grid are resampled onto it (nearest neighbour).
+
+Findings are the connected components of the csPCa mask (values 1-5; AI masks use 1, which is
+kept as ``isup=1`` but counted as csPCa). PI-CAI has no table of benign findings, so lesion-mode
+negatives are *sampled*: ``negatives`` voxels drawn uniformly inside the gland mask, at least
+10 mm from every lesion voxel, from a generator seeded by (run seed, study key), flagged
+``source="sampled"``. A csPCa-positive case whose mask is empty (case-level-only label) has no
+lesion finding: ``prepare`` excludes it from lesion mode with that reason and keeps it for organ
+mode. A mask with a lesion on a case marked ``case_csPCa=NO`` is rejected as contradictory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813
+
+from fedprostate.data.readers import (
+    StudyRef,
+    check_label_values,
+    mask_findings,
+    on_grid,
+    read_csv_checked,
+    read_image,
+    sample_negatives,
+    study_rng,
+)
+from fedprostate.data.study import SEQUENCES, Study, StudyError
+
+LABEL_FOLDERS = ("human_expert/resampled", "human_expert/original", "AI/Bosma22a")
+GLAND_FOLDER = "anatomical_delineations/whole_gland/AI/Bosma22b"
+REQUIRED_COLUMNS = ("patient_id", "study_id", "case_csPCa")
+CLINICAL_COLUMNS = {
+    "psa": "psa",
+    "psad": "psad",
+    "prostate_volume": "prostate_volume",
+    "patient_age": "age",
+}
+
+
+def marksheet_path(src: Path) -> Path:
+    for path in (src / "labels" / "clinical_information" / "marksheet.csv", src / "marksheet.csv"):
+        if path.exists():
+            return path
+    return src / "labels" / "clinical_information" / "marksheet.csv"
+
+
+def _paths(src: Path, pid: str, sid: str, labels: str) -> dict[str, str]:
+    key = f"{pid}_{sid}"
+    paths = {seq: str(src / "images" / pid / f"{key}_{seq}.mha") for seq in SEQUENCES}
+    label_root = src / "labels" / "csPCa_lesion_delineations" / labels
+    paths["lesion"] = str(label_root / f"{key}.nii.gz")
+    paths["gland"] = str(src / "labels" / GLAND_FOLDER / f"{key}.nii.gz")
+    return paths
+
+
+def list_refs(
+    src: Path, labels: str = "human_expert/resampled", **_
+) -> tuple[list[StudyRef], list[StudyError]]:
+    if labels not in LABEL_FOLDERS:
+        from fedprostate.data.readers import DataFormatError
+
+        raise DataFormatError(f"--labels {labels!r}: choose one of {LABEL_FOLDERS}")
+    sheet = marksheet_path(src)
+    rows = read_csv_checked(sheet, REQUIRED_COLUMNS)
+    refs, errors, seen = [], [], set()
+    for row in rows:
+        pid, sid = row.get("patient_id", ""), row.get("study_id", "")
+        where = f"{sheet}:{row['_line']}"
+        if row["_ragged"]:
+            errors.append(
+                StudyError(pid or "?", "marksheet row has the wrong number of fields", where)
+            )
+            continue
+        if not pid or not sid:
+            errors.append(
+                StudyError(pid or "?", "marksheet row without patient_id/study_id", where)
+            )
+            continue
+        if (pid, sid) in seen:
+            errors.append(StudyError(pid, f"duplicated ID {pid}_{sid} in marksheet", where))
+            continue
+        seen.add((pid, sid))
+        paths = _paths(src, pid, sid, labels)
+        if not any(Path(paths[s]).exists() for s in SEQUENCES):
+            errors.append(StudyError(pid, f"marksheet row {pid}_{sid} has no images", where))
+            continue
+        site = row.get("center") or "picai"
+        refs.append(StudyRef("picai", site, pid, sid, paths, row=row))
+    return refs, errors
+
+
+def _float(value: str | None) -> float:
+    try:
+        out = float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        out = math.nan
+    return out
+
+
+def case_label_of(row: dict[str, str], pid: str, where: str) -> int:
+    value = (row.get("case_csPCa") or "").strip().upper()
+    if value in ("YES", "1", "TRUE"):
+        return 1
+    if value in ("NO", "0", "FALSE"):
+        return 0
+    raise StudyError(pid, f"case_csPCa {value!r} is not YES/NO", where)
+
+
+def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
+    pid = ref.patient_id
+    images = {seq: read_image(ref.paths[seq], pid, seq) for seq in SEQUENCES}
+    t2 = images["t2w"]
+    case_label = case_label_of(ref.row, pid, ref.paths["t2w"])
+
+    lesion = None
+    lesion_path = Path(ref.paths["lesion"])
+    if lesion_path.exists():
+        lesion = read_image(lesion_path, pid, "lesion mask")
+        check_label_values(lesion, pid, str(lesion_path))
+        lesion = on_grid(sitk.Cast(lesion, sitk.sitkUInt8), t2)
+    findings = mask_findings(lesion) if lesion is not None else []
+    if findings and case_label == 0:
+        raise StudyError(
+            pid, f"lesion mask has {len(findings)} lesion(s) but case_csPCa=NO", lesion_path
+        )
+
+    gland = None
+    gland_path = Path(ref.paths["gland"])
+    if gland_path.exists():
+        gland = read_image(gland_path, pid, "gland mask")
+        gland = on_grid(sitk.Cast(gland > 0, sitk.sitkUInt8), t2)
+        if not sitk.GetArrayViewFromImage(gland).any():
+            gland = None
+    rng = study_rng(seed, ref.key)
+    findings += sample_negatives(t2, gland, lesion, negatives, rng)
+
+    clinical = {name: _float(ref.row.get(col)) for col, name in CLINICAL_COLUMNS.items()}
+    clinical = {k: v for k, v in clinical.items() if not np.isnan(v)}
+    return Study(
+        site=ref.site,
+        patient_id=pid,
+        study_id=ref.study_id,
+        images=images,
+        findings=findings,
+        gland_mask=gland,
+        lesion_mask=lesion,
+        case_label=case_label,
+        clinical=clinical,
+        source_paths={k: v for k, v in ref.paths.items() if Path(v).exists()},
+    )

@@ -1,0 +1,295 @@
+"""Listing and loading studies from any supported on-disk layout.
+
+Every format module exposes ``list_refs(src, **opts) -> (refs, errors)`` and
+``load(ref, seed, **opts) -> Study``. Listing is cheap (paths and table rows only); loading reads
+images and may raise :class:`StudyError`. Helpers shared by all readers (safe image reading, label
+checks, connected-component findings, sampled negatives) live here so every format behaves alike.
+
+Formats: ``picai`` (images + picai_labels), ``prostatex`` (DICOM + findings CSV), ``prostate158``
+(NIfTI folders) and ``generic`` (one findings CSV with image paths, see ``reader_other``).
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813
+from scipy import ndimage
+
+from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
+
+FORMATS = ("picai", "prostatex", "prostate158", "generic")
+NEGATIVE_MARGIN_MM = 10.0  # sampled negatives stay at least this far from any lesion voxel
+
+
+class DataFormatError(ValueError):
+    """The source as a whole cannot be read (e.g. a table lacks required columns)."""
+
+
+@dataclass
+class StudyRef:
+    """Where one study lives on disk, before any image is read."""
+
+    fmt: str
+    site: str
+    patient_id: str
+    study_id: str
+    paths: dict[str, str] = field(default_factory=dict)  # sequence / mask name -> file or folder
+    row: dict[str, str] = field(default_factory=dict)  # marksheet row, when there is one
+    findings: list[dict[str, str]] = field(
+        default_factory=list
+    )  # table findings (ProstateX, generic)
+
+    @property
+    def key(self) -> str:
+        return f"{self.patient_id}_{self.study_id}"
+
+    @property
+    def main_path(self) -> str:
+        return self.paths.get("t2w") or next(iter(self.paths.values()), "")
+
+
+def _module(fmt: str):
+    if fmt == "picai":
+        from fedprostate.data import reader_picai as mod
+    elif fmt == "prostatex":
+        from fedprostate.data import reader_prostatex as mod
+    elif fmt in ("prostate158", "generic"):
+        from fedprostate.data import reader_other as mod
+    else:
+        raise DataFormatError(f"unknown format {fmt!r}; choose one of {FORMATS} or 'auto'")
+    return mod
+
+
+def detect_format(src: str | Path) -> str:
+    """Guess the layout of ``src`` from the files that mark each format."""
+    src = Path(src)
+    if src.is_file() and src.suffix == ".csv":
+        return "generic"
+    if (src / "labels" / "clinical_information" / "marksheet.csv").exists():
+        return "picai"
+    if (src / "marksheet.csv").exists() and (src / "images").is_dir():
+        return "picai"
+    if (src / "ProstateX-Findings-Train.csv").exists() or any(src.glob("ProstateX-Findings*.csv")):
+        return "prostatex"
+    if (src / "findings.csv").exists():
+        return "generic"
+    if any(src.glob("*/t2.nii.gz")):
+        return "prostate158"
+    raise DataFormatError(
+        f"{src}: cannot detect the data format (no marksheet, findings CSV or t2.nii.gz)"
+    )
+
+
+def list_studies(
+    src: str | Path, fmt: str = "auto", **opts
+) -> tuple[str, list[StudyRef], list[StudyError]]:
+    """Return (format, refs, listing errors). Listing errors are studies already known to be bad."""
+    fmt = detect_format(src) if fmt == "auto" else fmt
+    if fmt == "generic":
+        from fedprostate.data.reader_other import list_generic
+
+        refs, errors = list_generic(Path(src), **opts)
+    elif fmt == "prostate158":
+        from fedprostate.data.reader_other import list_prostate158
+
+        refs, errors = list_prostate158(Path(src), **opts)
+    else:
+        refs, errors = _module(fmt).list_refs(Path(src), **opts)
+    return fmt, refs, errors
+
+
+def load_study(ref: StudyRef, seed: int = 0, **opts) -> Study:
+    """Read one study's images and labels; raise StudyError naming the file and patient."""
+    if ref.fmt == "generic":
+        from fedprostate.data.reader_other import load_generic as load
+    elif ref.fmt == "prostate158":
+        from fedprostate.data.reader_other import load_prostate158 as load
+    else:
+        load = _module(ref.fmt).load
+    study = load(ref, seed=seed, **opts)
+    validate_study(study)
+    return study
+
+
+# ---------------------------------------------------------------- shared helpers for readers
+
+
+def study_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator that depends only on the run seed and the study, not on listing order."""
+    return np.random.default_rng([int(seed), zlib.crc32(key.encode())])
+
+
+def read_csv_checked(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
+    """Read a CSV; missing required columns is a whole-file error naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise DataFormatError(
+                    f"{path}: wrong CSV columns, missing {missing} (found {columns})"
+                )
+            rows = []
+            for line, raw in enumerate(reader, start=2):
+                row = {
+                    (k or "").strip(): (v or "").strip() if isinstance(v, str) else v
+                    for k, v in raw.items()
+                }
+                # DictReader puts surplus fields under None and fills short rows with None
+                row["_line"] = str(line)
+                row["_ragged"] = "1" if (None in raw or None in raw.values()) else ""
+                rows.append(row)
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataFormatError(f"{path}: cannot read CSV ({exc})") from exc
+
+
+def read_image(path: str | Path, patient_id: str, what: str) -> sitk.Image:
+    """Read an image file, turning every IO failure into a StudyError naming file and patient."""
+    path = Path(path)
+    if not path.exists():
+        raise StudyError(patient_id, f"missing {what} image", path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else "unreadable"
+        raise StudyError(patient_id, f"corrupt or truncated {what} image ({first})", path) from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise StudyError(patient_id, f"{what} image is not a 3D scalar volume", path)
+    return image
+
+
+def check_finite(image: sitk.Image, patient_id: str, what: str, path: str = "") -> None:
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.isfinite(arr).sum())
+        raise StudyError(patient_id, f"{what} has {bad} NaN/Inf voxels", path)
+
+
+def on_grid(image: sitk.Image, reference: sitk.Image, nearest: bool = True) -> sitk.Image:
+    """``image`` on ``reference``'s grid (returned unchanged when the grids already match)."""
+    same = (
+        image.GetSize() == reference.GetSize()
+        and np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+        and np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+        and np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4)
+    )
+    if same:
+        out = sitk.Image(image)
+        out.CopyInformation(reference)
+        return out
+    interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.Resample(image, reference, sitk.Transform(), interp, 0, image.GetPixelID())
+
+
+def check_label_values(mask: sitk.Image, patient_id: str, path: str, allowed=range(0, 6)) -> None:
+    arr = sitk.GetArrayViewFromImage(mask)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
+            raise StudyError(patient_id, "label mask has non-integer values", path)
+    values = np.unique(arr)
+    bad = [v for v in values.tolist() if int(v) not in allowed]
+    if bad:
+        raise StudyError(patient_id, f"label values {bad[:5]} outside 0-5", path)
+
+
+def mask_findings(lesion_mask: sitk.Image, prefix: str = "L") -> list[Finding]:
+    """One csPCa finding per connected component: centroid in world mm, ISUP = max value.
+
+    Every component of a csPCa delineation is a clinically significant lesion. AI masks mark
+    lesions with 1 (no grade): they keep ``isup=1`` but count as csPCa (``clinsig=True``).
+    """
+    arr = sitk.GetArrayViewFromImage(lesion_mask)
+    if not arr.any():
+        return []
+    binary = sitk.Cast(lesion_mask > 0, sitk.sitkUInt8)
+    components = sitk.ConnectedComponent(binary, True)
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(components)
+    stats = sitk.LabelIntensityStatisticsImageFilter()
+    stats.Execute(components, sitk.Cast(lesion_mask, sitk.sitkFloat32))
+    findings = []
+    for n, label in enumerate(sorted(shape.GetLabels()), start=1):
+        volume = shape.GetPhysicalSize(label)
+        findings.append(
+            Finding(
+                finding_id=f"{prefix}{n}",
+                world_mm=tuple(float(v) for v in shape.GetCentroid(label)),
+                isup=int(stats.GetMaximum(label)),
+                clinsig=True,
+                source="mask",
+                radius_mm=float((3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0)),
+            )
+        )
+    return findings
+
+
+def sample_negatives(
+    reference: sitk.Image,
+    gland: sitk.Image | None,
+    lesion: sitk.Image | None,
+    n: int,
+    rng: np.random.Generator,
+    margin_mm: float = NEGATIVE_MARGIN_MM,
+) -> list[Finding]:
+    """``n`` negative locations inside the gland, ``margin_mm`` away from every lesion voxel.
+
+    Without a gland mask the central third of the T2 field of view stands in for the gland.
+    Returns fewer (possibly zero) findings when no voxel qualifies.
+    """
+    if n <= 0:
+        return []
+    size = reference.GetSize()
+    if gland is not None:
+        allowed = sitk.GetArrayFromImage(gland) > 0
+    else:
+        allowed = np.zeros(size[::-1], dtype=bool)
+        z, y, x = (s // 3 for s in size[::-1])
+        allowed[z : size[2] - z, y : size[1] - y, x : size[0] - x] = True
+    if lesion is not None:
+        les = sitk.GetArrayViewFromImage(lesion) > 0
+        if les.any():
+            dist = ndimage.distance_transform_edt(~les, sampling=reference.GetSpacing()[::-1])
+            allowed &= dist >= margin_mm
+    candidates = np.flatnonzero(allowed)
+    if candidates.size == 0:
+        return []
+    chosen = rng.choice(candidates, size=min(n, candidates.size), replace=False)
+    out = []
+    for k, flat in enumerate(sorted(chosen.tolist()), start=1):
+        z, y, x = np.unravel_index(flat, allowed.shape)
+        world = reference.TransformIndexToPhysicalPoint((int(x), int(y), int(z)))
+        out.append(Finding(f"N{k}", tuple(float(v) for v in world), isup=0, source="sampled"))
+    return out
+
+
+def inside(image: sitk.Image, world_mm, tolerance_vox: float = 0.5) -> bool:
+    idx = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(map(float, world_mm))))
+    size = np.asarray(image.GetSize())
+    return bool(np.all(idx >= -tolerance_vox) and np.all(idx <= size - 1 + tolerance_vox))
+
+
+def validate_study(study: Study) -> None:
+    """Checks every reader's output must pass: sequences present, finite, findings inside."""
+    for seq in SEQUENCES:
+        if seq not in study.images:
+            raise StudyError(
+                study.patient_id, f"missing sequence {seq}", study.source_paths.get("t2w")
+            )
+        check_finite(study.images[seq], study.patient_id, seq, study.source_paths.get(seq, ""))
+    t2 = study.images["t2w"]
+    for f in study.findings:
+        if not inside(t2, f.world_mm):
+            where = ", ".join(f"{v:.1f}" for v in f.world_mm)
+            raise StudyError(
+                study.patient_id,
+                f"finding {f.finding_id} at ({where}) mm lies outside the T2 volume",
+                study.source_paths.get("findings", study.source_paths.get("t2w", "")),
+            )

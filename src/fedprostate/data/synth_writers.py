@@ -1,0 +1,162 @@
+"""Write synthetic studies in the real public layouts: PI-CAI (MHA + NIfTI labels + marksheet) and
+ProstateX (one DICOM series per sequence + findings CSV)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the library's own convention)
+
+from fedprostate.data.synth_sites import SiteProfile
+from fedprostate.data.synth_study import SynthStudy
+
+MARKSHEET_COLUMNS = [
+    "patient_id", "study_id", "mri_date", "patient_age", "psa", "psad", "prostate_volume",
+    "histopath_type", "lesion_GS", "lesion_ISUP", "case_ISUP", "case_csPCa", "center",
+]  # fmt: skip
+FINDINGS_COLUMNS = [
+    "site", "patient_id", "study_id", "finding_id", "x", "y", "z", "zone", "isup", "clinsig",
+    "kind", "radius_mm", "in_mask",
+]  # fmt: skip
+PROSTATEX_COLUMNS = ["ProxID", "fid", "pos", "zone", "ClinSig"]
+LESION_DIR = Path("labels/csPCa_lesion_delineations/human_expert/resampled")
+GLAND_DIR = Path("labels/anatomical_delineations/whole_gland/AI/Bosma22b")
+MARKSHEET = Path("labels/clinical_information/marksheet.csv")
+FINDINGS = Path("truth/findings.csv")
+SERIES = {  # sequence -> (series number, SeriesDescription as in ProstateX)
+    "t2w": (4, "t2_tse_tra"),
+    "adc": (7, "ep2d_diff_tra_ADC"),
+    "hbv": (8, "ep2d_diff_tra_CALC_BVAL"),
+}
+_UID_ROOT = "1.2.826.0.1.3680043.8.498"  # a public example root for generated UIDs
+
+
+def picai_image_paths(root: Path, patient_id: str, study_id: str) -> dict[str, Path]:
+    folder = Path(root) / "images" / patient_id
+    return {seq: folder / f"{patient_id}_{study_id}_{seq}.mha" for seq in ("t2w", "adc", "hbv")}
+
+
+def write_picai_images(root: Path, study: SynthStudy) -> None:
+    for seq, path in picai_image_paths(root, study.patient_id, study.study_id).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(study.images[seq], str(path), True)
+
+
+def write_picai_labels(root: Path, study: SynthStudy, case_level_only: bool) -> None:
+    """Lesion (ISUP-valued) and gland masks on the T2 grid. ``case_level_only`` blanks the lesion
+    mask of a positive case, like PI-CAI cases that only carry a case-level label."""
+    name = f"{study.patient_id}_{study.study_id}.nii.gz"
+    lesion = study.lesion_mask
+    if case_level_only:
+        blank = sitk.Image(lesion.GetSize(), sitk.sitkUInt8)
+        blank.CopyInformation(lesion)
+        lesion = blank
+    for folder, img in ((LESION_DIR, lesion), (GLAND_DIR, study.gland_mask)):
+        (Path(root) / folder).mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(img, str(Path(root) / folder / name), True)
+
+
+def _uid(*parts: object) -> str:
+    """Deterministic DICOM UID (digits only, <= 64 chars) from the given parts."""
+    digest = int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:24], 16)
+    return f"{_UID_ROOT}.{digest}"
+
+
+def write_prostatex_study(
+    root: Path, study: SynthStudy, prox_id: str, seed: int, profile: SiteProfile
+) -> Path:
+    """One DICOM series per sequence under ``root/<ProxID>/<study_uid>/<series>/NNNN.dcm``.
+
+    Every slice carries ImagePositionPatient/ImageOrientationPatient/PixelSpacing of its grid, so
+    SimpleITK's ImageSeriesReader rebuilds the exact (possibly oblique) geometry. ADC is stored as
+    integers in 1e-6 mm2/s, as ProstateX does."""
+    study_uid = _uid(seed, "study", study.site, study.patient_id)
+    study_dir = Path(root) / prox_id / study_uid
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for seq, (number, description) in SERIES.items():
+        img = study.images[seq]
+        if seq == "adc" and img.GetPixelID() == sitk.sitkFloat32:
+            arr = np.round(sitk.GetArrayFromImage(img) * 1000.0).astype(np.int16)
+            img = _with_geometry(arr, img)
+        elif img.GetPixelID() != sitk.sitkInt16:
+            img = sitk.Cast(img, sitk.sitkInt16)
+        series_uid = _uid(seed, "series", study.site, study.patient_id, seq)
+        folder = study_dir / f"{number}-{description}"
+        folder.mkdir(parents=True, exist_ok=True)
+        d = np.array(img.GetDirection()).reshape(3, 3)
+        iop = "\\".join(f"{v:.6f}" for v in list(d[:, 0]) + list(d[:, 1]))
+        shared = {
+            "0008|0060": "MR", "0008|0070": profile.vendor.upper(), "0008|0080": study.site,
+            "0008|103e": description, "0010|0010": prox_id, "0010|0020": prox_id,
+            "0018|0015": "PROSTATE", "0018|0050": f"{img.GetSpacing()[2]:.4f}",
+            "0018|0088": f"{img.GetSpacing()[2]:.4f}", "0020|000d": study_uid,
+            "0020|000e": series_uid, "0020|0010": study.study_id, "0020|0011": str(number),
+            "0020|0037": iop, "0008|0020": study.clinical["mri_date"].replace("-", ""),
+            "0008|0021": study.clinical["mri_date"].replace("-", ""),
+        }  # fmt: skip
+        if seq == "hbv":
+            shared["0018|9087"] = str(profile.b_value)
+        for k in range(img.GetDepth()):
+            sl = img[:, :, k : k + 1]
+            for tag, value in shared.items():
+                sl.SetMetaData(tag, value)
+            pos = img.TransformIndexToPhysicalPoint((0, 0, k))
+            sl.SetMetaData("0020|0032", "\\".join(f"{v:.4f}" for v in pos))
+            sl.SetMetaData("0020|0013", str(k + 1))
+            sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+            writer.SetFileName(str(folder / f"{k + 1:04d}.dcm"))
+            writer.Execute(sl)
+    return study_dir
+
+
+def _with_geometry(arr: np.ndarray, like: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(like)
+    return img
+
+
+def write_picai_unlabeled(root: Path, study: SynthStudy) -> None:
+    """Images only, under ``root/unlabeled/images``: nothing that could leak a label."""
+    write_picai_images(Path(root) / "unlabeled", study)
+
+
+def finding_rows(study: SynthStudy, case_level_only: bool) -> list[dict]:
+    rows = []
+    for fid, (les, in_mask) in enumerate(zip(study.findings, study.in_mask, strict=True), start=1):
+        x, y, z = (round(float(c), 2) for c in les.center)
+        rows.append(
+            {
+                "site": study.site, "patient_id": study.patient_id, "study_id": study.study_id,
+                "finding_id": fid, "x": x, "y": y, "z": z, "zone": les.zone, "isup": les.isup,
+                "clinsig": int(les.isup >= 2), "kind": les.kind,
+                "radius_mm": round(les.radius_mm, 2),
+                "in_mask": int(in_mask and not case_level_only),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def marksheet_row(study: SynthStudy) -> dict:
+    return {"patient_id": study.patient_id, "study_id": study.study_id, **study.clinical,
+            "center": study.site}  # fmt: skip
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def prostatex_rows(findings: list[dict]) -> list[dict]:
+    """ProstateX-Findings-Train.csv rows from truth rows whose patient_id is the ProxID."""
+    return [
+        {"ProxID": f["patient_id"], "fid": f["finding_id"], "pos": f"{f['x']} {f['y']} {f['z']}",
+         "zone": f["zone"], "ClinSig": "TRUE" if f["clinsig"] else "FALSE"}
+        for f in findings
+    ]  # fmt: skip
