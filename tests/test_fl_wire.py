@@ -12,9 +12,11 @@ from fedprostate.models.finetune import FinetuneSpec, build_finetune, get_commun
 
 def _tensors(seed=0):
     rng = np.random.default_rng(seed)
-    return {"a.lora_A": rng.normal(size=(8, 96)).astype(np.float32),
-            "a.lora_B": rng.normal(size=(288, 8)).astype(np.float32) * 0.01,
-            "head.weight": rng.normal(size=(2, 768)).astype(np.float32)}
+    return {
+        "a.lora_A": rng.normal(size=(8, 96)).astype(np.float32),
+        "a.lora_B": rng.normal(size=(288, 8)).astype(np.float32) * 0.01,
+        "head.weight": rng.normal(size=(2, 768)).astype(np.float32),
+    }
 
 
 def test_fp32_is_raw_and_exact():
@@ -30,14 +32,18 @@ def test_fp32_is_raw_and_exact():
 def test_lossy_uplink_rebuilds_full_tensors_near_the_truth(codec):
     reference = _tensors(0)
     rng = np.random.default_rng(1)
-    current = {k: v + 0.01 * rng.normal(size=v.shape).astype(np.float32) for k, v in reference.items()}
+    current = {
+        k: v + 0.01 * rng.normal(size=v.shape).astype(np.float32) for k, v in reference.items()
+    }
     spec = CodecSpec.parse(codec)
     wire_np = wire.pack_uplink(current, reference, spec, np.random.default_rng(2))
     rebuilt = wire.unpack_uplink(wire_np, spec, reference)
     for k in current:
         assert rebuilt[k].dtype == np.float32 and rebuilt[k].shape == current[k].shape
         # The error is bounded by the size of the update, not of the tensor: deltas were sent.
-        assert np.abs(rebuilt[k] - current[k]).max() <= np.abs(current[k] - reference[k]).max() + 1e-6
+        assert (
+            np.abs(rebuilt[k] - current[k]).max() <= np.abs(current[k] - reference[k]).max() + 1e-6
+        )
     assert wire.wire_bytes(wire_np) < wire.wire_bytes(current)
 
 
@@ -48,9 +54,23 @@ def test_error_feedback_carries_what_compression_dropped():
     ef = ErrorFeedback()
     wire_np = wire.pack_uplink(current, reference, spec, np.random.default_rng(0), ef)
     sent = wire.unpack_uplink(wire_np, spec, reference)
+    residual = wire.unflatten(ef.residual[wire.FLAT], {k: v.shape for k, v in current.items()})
+    assert np.abs(ef.residual[wire.FLAT]).max() > 0  # top-k 5% dropped most of the update
     for k in current:
-        np.testing.assert_allclose(sent[k] - reference[k] + ef.residual[k],
-                                   current[k] - reference[k], atol=1e-6)
+        np.testing.assert_allclose(
+            sent[k] - reference[k] + residual[k], current[k] - reference[k], atol=1e-6
+        )
+
+
+def test_lossy_codecs_send_one_flat_vector_so_headers_do_not_eat_the_savings():
+    t = _tensors()
+    spec = CodecSpec.parse("int4:block=64")
+    packed = wire.pack_uplink(
+        t, {k: np.zeros_like(v) for k, v in t.items()}, spec, np.random.default_rng(0)
+    )
+    assert {k.split("|")[0] for k in packed} == {wire.FLAT}
+    n = sum(v.size for v in t.values())
+    assert wire.wire_bytes(packed) < n / 2 + 2 * (n / 64) + 400
 
 
 def test_downlink_is_decoded_identically_everywhere():
@@ -70,7 +90,9 @@ def test_check_tensors_names_each_problem():
     assert "missing" in wire.check_tensors({k: t[k] for k in list(t)[:2]}, shapes)
     assert "unexpected" in wire.check_tensors({**t, "x": t["head.weight"]}, shapes)
     assert "shape" in wire.check_tensors({**t, "head.weight": t["head.weight"].T.copy()}, shapes)
-    assert "dtype" in wire.check_tensors({**t, "head.weight": t["head.weight"].astype(np.float64)}, shapes)
+    assert "dtype" in wire.check_tensors(
+        {**t, "head.weight": t["head.weight"].astype(np.float64)}, shapes
+    )
     bad = t["head.weight"].copy()
     bad[0, 0] = np.nan
     assert "NaN" in wire.check_tensors({**t, "head.weight": bad}, shapes)

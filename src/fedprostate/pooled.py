@@ -35,7 +35,15 @@ def _fit(
     model = bundle.ft.model
     best: dict | None = None
     for r in range(1, cfg.fl.rounds + 1):
-        result = train_local(model, train_ds, cfg.train, seed=task.client_seed(cfg, r, name))
+        result = train_local(
+            model,
+            train_ds,
+            cfg.train,
+            seed=task.client_seed(cfg, r, name),
+            teacher=task.teacher_model(cfg),
+            kd_temperature=cfg.distill.temperature,
+            kd_alpha=cfg.distill.alpha,
+        )
         entry: dict = {"round": r, "client": name, "train_loss": result.loss}
         preds = {}
         for split, ds in sets.items():

@@ -88,21 +88,18 @@ def run_server(grid, cfg: RunConfig) -> dict:
         entry: dict = {"round": current, "time_s": round(time.time() - t0 + wall_before, 2)}
         if server_round > 0:
             entry.update(strategy.ledger.pop())
-            recorder.save_checkpoint(
-                Checkpoint(
-                    current,
-                    tensors,
-                    strategy.optimizer_state(),
-                    {
-                        "random_state": _from_random_state(random.getstate()),
-                        "wall_s": time.time() - t0 + wall_before,
-                    },
-                )
-            )
         due = current % cfg.fl.eval_every == 0 or current == cfg.fl.rounds
         if scorer is not None and due:
             entry.update(scorer.score(current, tensors))
+        # The metrics line first, then the checkpoint that marks the round complete: a crash in
+        # between redoes the round (its line is dropped on resume) and never loses its line.
         recorder.append_round(entry)
+        if server_round > 0:
+            meta = {
+                "random_state": _from_random_state(random.getstate()),
+                "wall_s": time.time() - t0 + wall_before,
+            }
+            recorder.save_checkpoint(Checkpoint(current, tensors, strategy.optimizer_state(), meta))
         if "val" in entry:
             return MetricRecord(
                 {

@@ -74,25 +74,29 @@ class ProjectHooks:
     ) -> list[Message]:
         global_np = wire.from_record(arrays)
         # Seeded by the round, so a resumed run broadcasts exactly the same bytes.
-        rng = np.random.default_rng([self.seed, server_round + self.round_offset])
+        rng = np.random.default_rng([self.seed, server_round])
         packed = wire.pack_downlink(global_np, self.downlink, rng)
         self.reference = wire.unpack_downlink(packed, self.downlink, self.shapes)
         record = wire.to_record(packed)
         for msg in messages:
             msg.content["arrays"] = record
             cfg = msg.content["config"]
-            cfg["server-round"] = server_round + self.round_offset
+            cfg["server-round"] = server_round
             cfg["downlink"] = str(self.downlink)
             cfg["foundation-sha256"] = self.foundation_sha
             if count_into is not None:
                 count_into[msg.metadata.dst_node_id] = record.count_bytes()
         return messages
 
+    # Every hook sees the run's absolute round (FedAdam's bias correction depends on it), so a
+    # resumed run with `round_offset` completed rounds behaves exactly like an uninterrupted one.
     def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
+        server_round += self.round_offset
         messages = list(super().configure_train(server_round, arrays, config, grid))
         return self._broadcast(messages, arrays, server_round, self.ledger.down)
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
+        server_round += self.round_offset
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         # Evaluation uses the same wire format as training: reference stays consistent.
         saved = dict(self.reference)
@@ -133,6 +137,7 @@ class ProjectHooks:
     def aggregate_train(
         self, server_round, replies
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         accepted: list[tuple[str, Message]] = []
         for msg in replies:
             site = self._site_of(msg)
@@ -149,7 +154,7 @@ class ProjectHooks:
             if reason:
                 log.warning(
                     "round %d: reply from site %s rejected: %s",
-                    server_round + self.round_offset,
+                    server_round,
                     site,
                     reason,
                 )
@@ -173,7 +178,7 @@ class ProjectHooks:
         if not accepted:
             log.warning(
                 "round %d: no usable replies; the global model is kept",
-                server_round + self.round_offset,
+                server_round,
             )
             return None, None
         arrays, metrics = super().aggregate_train(server_round, [m for _, m in accepted])
@@ -184,6 +189,7 @@ class ProjectHooks:
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round, replies) -> MetricRecord | None:
+        server_round += self.round_offset
         good = []
         for msg in replies:
             if msg.has_error():

@@ -1,0 +1,289 @@
+"""``fedprostate export``: a finished run → a deployable bundle folder (see ``bundle.py``).
+
+The run's model is rebuilt exactly as training built it (``task.build_model`` from the run's
+``config.toml``: backbone, foundation weights, fine-tuning method), the communicated tensors of
+the *best* round are loaded (``checkpoints/round_<best>.safetensors`` of a federated run, whose
+predictions are ``predictions_*_best.csv``; else ``model.safetensors``), then LoRA is merged
+(``merge_for_inference``) and the plain state dict is written. Tensors that trained but stayed
+local (``finetune.local_norms``) are per-site and not in a run folder: the bundle carries their
+initial values, which bundle.json records as ``local_tensors_from_run = false``.
+
+The operating threshold is chosen on validation (``eval.threshold_rule``, Youden by default) from
+``predictions_val_best.csv``; the model card reports ``predictions_test_best.csv`` with patient
+bootstrap CIs. ONNX parity is checked against the *unmerged* (peft) model on random crops.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import save_file
+
+from fedprostate.bundle import BUNDLE_JSON, BUNDLE_VERSION, MODEL_CARD, ONNX, WEIGHTS, load_bundle
+from fedprostate.config import RunConfig
+from fedprostate.data.cache import load_index, load_meta
+from fedprostate.data.preprocess import ADC_SCALE, CLIP
+from fedprostate.eval.metrics import choose_threshold, evaluate_predictions
+from fedprostate.models.foundation import backbone_sha256
+
+FORMATS = ("bundle", "onnx")
+ONNX_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(ValueError):
+    """A run folder that cannot be exported (the message names the file)."""
+
+
+def read_predictions(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ExportError(f"{path}: not found (the run did not finish?)")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["label"] = int(row["label"])
+        row["score"] = float(row["score"])
+    return rows
+
+
+def _best_weights(run: Path, summary: dict) -> tuple[dict[str, np.ndarray], str]:
+    best = summary.get("best_round")
+    if best is not None:
+        ckpt = run / "checkpoints" / f"round_{int(best):04d}.safetensors"
+        if ckpt.is_file():
+            return load_numpy(str(ckpt)), str(ckpt.relative_to(run))
+    model = run / WEIGHTS
+    if not model.is_file():
+        raise ExportError(f"{model}: not found (not a finished run folder)")
+    return load_numpy(str(model)), WEIGHTS
+
+
+def load_run_model(run_dir: str | Path):
+    """(cfg, Finetuned model with the run's best weights, foundation sha256, weights source)."""
+    from fedprostate.fl import task  # imports peft: only the exporter needs it
+
+    run = Path(run_dir)
+    config = run / "config.toml"
+    if not config.is_file():
+        raise ExportError(f"{config}: not found (not a run folder)")
+    cfg = RunConfig.load(config)
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary.get("kind") == "local":
+        raise ExportError(f"{run}: a local-only run has one model per site; export one of them")
+    arrays, source = _best_weights(run, summary)
+    bundle = task.build_model(cfg, fresh=True)
+    task.load_communicated(bundle.ft, arrays)
+    bundle.ft.model.eval()
+    return cfg, bundle.ft, bundle.foundation_sha256, source, summary
+
+
+def _preprocessing(cache_meta: dict) -> dict:
+    return {
+        "description": cache_meta.get("normalization", {}),
+        "t2w_hbv": {"percentiles": [1.0, 99.0], "maps_to": [0.0, 1.0], "per": "study"},
+        "adc": {"unit": "1e-6 mm2/s (auto-detected)", "divide_by": ADC_SCALE},
+        "clip": list(CLIP),
+        "outside_fov": 0.0,
+        "negatives_per_study": cache_meta.get("negatives_per_study", 0),
+        "seed": cache_meta.get("seed", 0),
+        "labels": cache_meta.get("labels", ""),
+    }
+
+
+def _data_summary(cfg: RunConfig) -> dict:
+    rows = load_index(cfg.data.cache)
+    sites: dict[str, dict] = {}
+    for r in rows:
+        entry = sites.setdefault(r["site"], {"train": 0, "val": 0, "test": 0, "positives": 0})
+        entry[r["split"]] = entry.get(r["split"], 0) + 1
+        entry["positives"] += int(r["label"])
+    return {"n_crops": len(rows), "sites": sites}
+
+
+def onnx_export(model: torch.nn.Module, path: Path, crop: int, in_chans: int) -> None:
+    """TorchScript-based exporter (no onnxscript needed), dynamic batch axis."""
+    example = torch.zeros(2, in_chans, crop, crop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings on timm's shape asserts
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["crops"],
+            output_names=["logits"],
+            dynamic_axes={"crops": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def onnx_logits(path: Path, crops: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"crops": crops.astype(np.float32)})[0]
+
+
+def onnx_parity(path: Path, reference: torch.nn.Module, crop: int, in_chans: int, seed=0) -> float:
+    """Max |logit difference| between the ONNX file and ``reference`` on seeded random crops."""
+    x = torch.from_numpy(
+        np.random.default_rng(seed).normal(0.5, 0.3, (5, in_chans, crop, crop)).astype(np.float32)
+    )
+    with torch.no_grad():
+        expected = reference.eval()(x).numpy()
+    return float(np.abs(onnx_logits(path, x.numpy()) - expected).max())
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path, formats=("bundle", "onnx"), n_boot: int | None = None
+) -> dict:
+    """Write the bundle folder ``out`` from run ``run_dir``; returns bundle.json's content."""
+    from fedprostate.models.finetune import merge_for_inference
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown export format(s) {unknown}; choose from {FORMATS}")
+    run, out = Path(run_dir), Path(out)
+    cfg, ft, foundation_sha, source, summary = load_run_model(run)
+    cache_meta = load_meta(cfg.data.cache)
+    val_rows = read_predictions(run / "predictions_val_best.csv")
+    test_rows = read_predictions(run / "predictions_test_best.csv")
+    val_labels = [r["label"] for r in val_rows]
+    if 0 < sum(val_labels) < len(val_labels):
+        threshold = choose_threshold(
+            val_labels, [r["score"] for r in val_rows], cfg.eval.threshold_rule
+        )
+        rule = f"{cfg.eval.threshold_rule} on predictions_val_best.csv"
+    else:
+        threshold, rule = 0.5, "fixed 0.5 (validation findings of one class only)"
+    metrics = evaluate_predictions(
+        test_rows, threshold=threshold, n_boot=n_boot or cfg.eval.n_boot, seed=cfg.seed
+    )
+
+    merged = merge_for_inference(ft)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in merged.state_dict().items()}
+    n_slices = int(cache_meta.get("n_slices", 1))
+    meta = {
+        "bundle_version": BUNDLE_VERSION,
+        "arch": cfg.model.arch,
+        "crop": cfg.model.crop,
+        "num_classes": 2,
+        "spacing": float(cache_meta.get("spacing", 0.5)),
+        "mode": cache_meta.get("mode", "lesion"),
+        "n_slices": n_slices,
+        "channels": list(cache_meta.get("channels", ["t2w", "adc", "hbv"])),
+        "channel_names": cache_meta.get("channel_names", ["t2w", "adc", "hbv"]),
+        "preprocessing": _preprocessing(cache_meta),
+        "output": "softmax(logits)[:, 1] = csPCa probability",
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "finetune_method": cfg.finetune.method,
+        "adapter": {"dim": cfg.finetune.adapter_dim, "blocks": cfg.finetune.adapter_blocks}
+        if cfg.finetune.method == "adapter"
+        else None,
+        "local_tensors_from_run": not ft.local,
+        "foundation_sha256": foundation_sha,
+        "weights_sha256": backbone_sha256(state),
+        "weights_source": source,
+        "parameters": int(sum(p.numel() for p in merged.parameters())),
+        "source_run": str(run.resolve()),
+        "run_kind": summary.get("kind", "federated"),
+        "best_round": summary.get("best_round"),
+        "test_auroc": metrics["lesion"]["auroc"],
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / WEIGHTS), metadata={"arch": cfg.model.arch})
+    (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    plain, _ = load_bundle(out)
+    if "onnx" in formats:
+        in_chans = 3 * n_slices
+        onnx_export(plain, out / ONNX, cfg.model.crop, in_chans)
+        meta["onnx"] = {
+            "file": ONNX,
+            "opset": ONNX_OPSET,
+            "input": "crops [batch, C, H, W] float32",
+            "output": "logits [batch, 2]",
+            "parity_max_abs_logit_diff_vs_unmerged": onnx_parity(
+                out / ONNX, ft.model, cfg.model.crop, in_chans
+            ),
+        }
+        (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / MODEL_CARD).write_text(model_card(cfg, meta, metrics, _data_summary(cfg), cache_meta))
+    return meta
+
+
+def _ci(d: dict | None) -> str:
+    if not d or d.get("estimate") is None:
+        return "n/a"
+    low, high = d.get("low"), d.get("high")
+    if low is None or high is None:
+        return f"{d['estimate']:.3f}"
+    return f"{d['estimate']:.3f} (95% CI {low:.3f}–{high:.3f})"
+
+
+def model_card(cfg: RunConfig, meta: dict, metrics: dict, data: dict, cache_meta: dict) -> str:
+    lesion, patient = metrics["lesion"], metrics["patient"]
+    op = lesion.get("operating_point", {})
+    lines = [
+        f"# Model card: {meta['arch']} csPCa classifier ({meta['run_kind']})",
+        "",
+        "## Intended use",
+        "Research only. **Not for clinical use**: not a medical device, not validated",
+        "prospectively, trained on the data below only. Scores a finding location on bpMRI",
+        "(T2w, ADC, high-b DWI) with the probability of clinically significant prostate cancer",
+        "(ISUP >= 2).",
+        "",
+        "## Model",
+        f"- architecture: `{meta['arch']}` (timm), crop {meta['crop']} px at "
+        f"{meta['spacing']} mm, channels {meta['channel_names']}",
+        f"- fine-tuning: {meta['finetune_method']} (LoRA merged into the weights; adapters kept)",
+        f"- parameters: {meta['parameters']:,}",
+        f"- foundation sha256: `{meta['foundation_sha256']}`",
+        f"- weights sha256: `{meta['weights_sha256']}` ({meta['weights_source']})",
+        f"- operating threshold: {meta['threshold']:.4f} ({meta['threshold_rule']})",
+        "",
+        "## Training data",
+        f"- crop cache: format `{cache_meta.get('format', '?')}`, mode {meta['mode']}, "
+        f"{data['n_crops']} crops; partition {cfg.data.partition}",
+        f"- run: {meta['run_kind']}, strategy {cfg.fl.strategy}, {cfg.fl.rounds} rounds, "
+        f"best round {meta['best_round']} (chosen on validation)",
+        "",
+        "| site | train | val | test | positives |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for site, c in data["sites"].items():
+        lines.append(f"| {site} | {c['train']} | {c['val']} | {c['test']} | {c['positives']} |")
+    lines += [
+        "",
+        f"## Test metrics (patient bootstrap, {metrics['bootstrap']['n_boot']} resamples)",
+        f"- findings: {metrics['n_findings']} ({metrics['n_pos']} csPCa), "
+        f"patients: {metrics['n_patients']}",
+        f"- lesion AUROC: {_ci(lesion['auroc'])}",
+        f"- lesion AP: {_ci(lesion['ap'])}",
+        f"- patient AUROC (max over findings): {_ci(patient['auroc'])}",
+        f"- at the threshold: sensitivity {_ci(op.get('sensitivity'))}, "
+        f"specificity {_ci(op.get('specificity'))}",
+        "",
+        "| site | n | AUROC |",
+        "|---|---:|---|",
+    ]
+    for site, m in metrics["per_site"].items():
+        lines.append(f"| {site} | {m['n']} | {_ci(m['auroc'])} |")
+    lines += [
+        "",
+        "## Limitations",
+        "Metrics come from the sites above only; performance on other scanners, protocols or",
+        "populations is unknown. Findings must be located by a reader (or a detector); the model",
+        "only classifies given locations.",
+        "",
+    ]
+    return "\n".join(lines)

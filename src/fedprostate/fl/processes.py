@@ -1,0 +1,129 @@
+"""Child processes of a local deployment, each in its own process group, always stopped.
+
+Flower's SuperLink and SuperNodes start helpers of their own (``flower-superexec``, then one
+``flwr-serverapp`` / ``flwr-clientapp`` per run or message) in *new sessions*, so killing a
+process group is not enough: before stopping a process we collect all its descendants and stop
+them too. A process killed on purpose (a simulated crash) leaves its descendants to Flower's own
+parent monitors; we remember them and make sure they are gone when the deployment closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def stop_processes(procs: list[psutil.Process], grace: float = 5.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL whatever is left."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+            alive.append(proc)
+    _, left = psutil.wait_procs(alive, timeout=grace)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(left, timeout=grace)
+
+
+class ManagedProcess:
+    """One long-running Flower process, its output in a log file."""
+
+    def __init__(
+        self, name: str, cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path
+    ) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # own process group: a Ctrl-C in the terminal is ours to handle
+        )
+        self.orphans: list[psutil.Process] = []
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float) -> bool:
+        """True once ``needle`` appears in the log; False on timeout or if the process exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return True
+            if not self.running():
+                return needle in self.log_text()
+            time.sleep(0.3)
+        return False
+
+    def wait_exit(self, timeout: float) -> int | None:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def crash(self) -> None:
+        """SIGKILL only this process (a power cut); its helpers notice and exit on their own."""
+        self.orphans = _descendants(self.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the process and every descendant (terminate, then kill)."""
+        procs = []
+        if self.running():
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(self.pid))
+            procs += _descendants(self.pid)
+        procs += [p for p in self.orphans if p.is_running()]
+        stop_processes(procs, grace)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=grace)
+        self.orphans = []
+        self._log.close()
