@@ -1,0 +1,98 @@
+"""Flower's overhead: a federated round's wall time ÷ the same clients' pure local training time.
+
+Workload (stated, as the issue asks): N sites of a synthetic federation, Swin-T (or --arch) with
+LoRA r=8 at 64 px, E local epochs per round, fp32, FedAdam, federated evaluation off and the
+server-side benchmark scored only at the end, so the ratio isolates what Flower adds (message
+passing, (de)serialization, Ray scheduling). Clients run one at a time with all cores in both
+arms (``fl.client_cpus`` = cores), so the two arms do the same arithmetic on the same threads.
+Round 1 also pays for starting Ray actors and building the model; it is reported apart.
+
+    python benchmarks/fl_overhead.py [--sites 4] [--arch swin_tiny] [--epochs 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fedprostate.config import RunConfig
+from fedprostate.data.prepare import prepare
+from fedprostate.data.synth import synthesize
+from fedprostate.fl import task
+from fedprostate.fl.simulation import federate
+from fedprostate.train import train_local
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sites", type=int, default=4)
+    ap.add_argument("--patients", type=int, default=80)
+    ap.add_argument("--arch", default="swin_tiny")
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=None, help="Folder for data and runs (default: temp).")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 2
+    work = args.work or Path(tempfile.mkdtemp(prefix="fl_overhead_"))
+    raw, cache = work / "raw", work / "cache"
+    if not (cache / "index.csv").exists():
+        synthesize(raw, sites=args.sites, patients=args.patients, seed=0, preset="small")
+        prepare(raw, cache, crop=args.crop, progress=False)
+    cfg = RunConfig.from_flat({
+        "data.cache": str(cache), "model.arch": args.arch, "model.crop": args.crop,
+        "finetune.method": "lora", "finetune.lora_r": 8, "train.epochs": args.epochs,
+        "train.batch_size": 32, "train.threads": cores, "fl.rounds": args.rounds,
+        "fl.strategy": "fedadam", "fl.fraction_evaluate": 0.0, "fl.eval_every": 1000,
+        "fl.client_cpus": float(cores), "fl.min_train_nodes": args.sites,
+        "fl.min_available_nodes": args.sites})
+
+    # Pure local training: the same clients, the same loop, no Flower.
+    names = task.client_names(cfg)
+    local_s = []
+    for r in range(1, args.rounds + 1):
+        t0 = time.perf_counter()
+        for name in names:
+            bundle = task.build_model(cfg)
+            train_local(bundle.ft.model, task.client_dataset(cfg, name, "train"), cfg.train,
+                        seed=task.client_seed(cfg, r, name))
+        local_s.append(time.perf_counter() - t0)
+
+    run = work / "run"
+    federate(cfg, run)
+    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    times = {e["round"]: e["time_s"] for e in rounds}
+    round_s = [times[r] - times[r - 1] for r in range(2, args.rounds + 1)]
+    first_s = times[1] - times[0]
+    local_med = statistics.median(local_s)
+    ratio = statistics.median(round_s) / local_med if round_s else float("nan")
+    per_site = local_med / len(names)
+    rounds_per_hour_17 = 3600 / (17 * per_site * (statistics.median(round_s) / local_med))
+
+    table = Table(title=f"Flower overhead: {len(names)} sites, {args.arch} LoRA r=8, {args.crop} px, "
+                        f"{args.epochs} local epochs, {cores} cores")
+    for col in ("quantity", "value"):
+        table.add_column(col)
+    n_train = sum(len(task.client_dataset(cfg, n, "train")) for n in names)
+    table.add_row("training crops per round (all sites)", str(n_train))
+    table.add_row("pure local training per round, median (s)", f"{local_med:.2f}")
+    table.add_row("Flower round wall time, median of rounds 2.. (s)",
+                  f"{statistics.median(round_s):.2f}" if round_s else "n/a")
+    table.add_row("round 1 (actor start-up + model build) (s)", f"{first_s:.2f}")
+    table.add_row("overhead ratio (goal ≤ 1.10)", f"{ratio:.3f}")
+    table.add_row("rounds per hour, 17 sites of this size, one machine", f"{rounds_per_hour_17:.1f}")
+    Console().print(table)
+    print(json.dumps({"local_s": local_s, "round_s": round_s, "first_round_s": first_s,
+                      "ratio": ratio, "rounds_per_hour_17_sites": rounds_per_hour_17}))
+
+
+if __name__ == "__main__":
+    main()
