@@ -1,0 +1,201 @@
+"""Read one run folder (federate / centralize / local) and score it with its baselines.
+
+Prediction CSVs carry (site, patient_id, study_id, finding_id, source, label, score). The crop
+cache index named in the run's config adds each finding's case label (for patient-level scores),
+mean ADC and PSA density (for the two baselines that need no deep learning). Findings are keyed
+by ``study_id:finding_id`` so organ-mode slices of different studies never collide.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedprostate.data.study import StudyError
+from fedprostate.eval.baselines import adc_rule_predictions, median_psad, psad_predictions
+from fedprostate.eval.compare import compare_models
+from fedprostate.eval.metrics import aggregate_patients, evaluate_predictions, patient_key
+
+
+def finding_uid(row: dict) -> str:
+    fid = row.get("finding_id")
+    if fid is None or str(fid) == "":
+        fid = f"slice{row.get('slice', -1)}"
+    return f"{row.get('study_id', '')}:{fid}"
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """Prediction rows of a run's CSV (typed), keyed with :func:`finding_uid`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such predictions file")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for r in rows:
+        try:
+            label, score = int(r["label"]), float(r["score"])
+        except (KeyError, ValueError) as exc:
+            raise StudyError(r.get("patient_id", "?"), f"{path.name}: bad row ({exc})") from None
+        out.append(
+            {
+                "site": r["site"],
+                "patient_id": r["patient_id"],
+                "study_id": r.get("study_id", ""),
+                "finding_id": finding_uid(r),
+                "source": r.get("source", ""),
+                "label": label,
+                "score": score,
+            }
+        )
+    return out
+
+
+def _key(row: dict) -> tuple[str, str]:
+    return patient_key(row), str(row["finding_id"])
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    config: dict
+    summary: dict
+    rounds: list[dict]
+    test: list[dict]
+    val: list[dict]
+    index: list[dict] = field(default_factory=list)  # cache rows of the scored test findings
+    train_index: list[dict] = field(default_factory=list)  # cache rows of the training split
+    val_index: list[dict] = field(default_factory=list)  # cache rows of the validation split
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def load_run(run_dir: str | Path, cache: str | Path | None = None) -> RunData:
+    """Load a finished run. ``cache`` overrides the crop cache named in its config.toml."""
+    import tomllib
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{run_dir}: no summary.json (not a finished run folder)")
+    config = tomllib.loads((run_dir / "config.toml").read_text())
+    summary = json.loads(summary_path.read_text())
+    rounds = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        rounds = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    test = read_predictions(run_dir / "predictions_test_best.csv")
+    val_path = run_dir / "predictions_val_best.csv"
+    val = read_predictions(val_path) if val_path.exists() else []
+    data = RunData(run_dir, config, summary, rounds, test, val)
+    cache = Path(cache) if cache else Path(config.get("data", {}).get("cache", ""))
+    if cache and (cache / "index.csv").exists():
+        attach_index(data, cache)
+    return data
+
+
+def attach_index(data: RunData, cache: Path) -> None:
+    """Join case labels onto the predictions and keep the index rows of the scored findings."""
+    from fedprostate.data.cache import load_index
+
+    by_key = {}
+    for r in load_index(cache):
+        row = {**r, "finding_id": finding_uid(r)}
+        by_key[(patient_key(row), row["finding_id"])] = row
+    for rows in (data.test, data.val):
+        for r in rows:
+            match = by_key.get(_key(r))
+            if match is not None and match.get("case_label") is not None:
+                r["case_label"] = int(match["case_label"])
+    data.index = [by_key[_key(r)] for r in data.test if _key(r) in by_key]
+    data.train_index = [r for r in by_key.values() if r["split"] == "train"]
+    data.val_index = [r for r in by_key.values() if r["split"] == "val"]
+
+
+def psad_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[dict] | None:
+    """Patient-level PSA-density rows for the scored test patients (or ``index`` rows),
+    median-imputed from the training split."""
+    index = data.index if index is None else index
+    if not index or all(r.get("psad") is None for r in index):
+        return None
+    try:
+        impute = median_psad(data.train_index or index, split=None)
+    except ValueError:
+        return None
+    return psad_predictions(index, split=None, impute=impute)
+
+
+def adc_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[dict] | None:
+    """Lesion-level mean-ADC rows for the scored test findings (or ``index`` rows)."""
+    index = data.index if index is None else index
+    if not index or any(
+        r.get("adc_mean") is None or not math.isfinite(r["adc_mean"]) for r in index
+    ):
+        return None
+    rows = adc_rule_predictions(index, split=None)
+    for row, src in zip(rows, index, strict=True):
+        row["finding_id"] = src["finding_id"]
+    return rows
+
+
+def evaluate_run(data: RunData, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Model metrics (CIs), baselines, and how much the model adds over each baseline."""
+    model = evaluate_predictions(
+        data.test, n_boot=n_boot, seed=seed, val_rows=data.val or None, level=level
+    )
+    out: dict = {"model": model, "baselines": {}, "added_value": {}}
+    adc = adc_baseline_rows(data)
+    if adc is not None and len(adc) == len(data.test):
+        out["baselines"]["mean-ADC rule"] = evaluate_predictions(
+            adc, n_boot=n_boot, seed=seed, val_rows=adc_baseline_rows(data, data.val_index)
+        )
+        _add_comparison(out, "mean-ADC rule (lesion level)", adc, data.test, n_boot, seed, level)
+    psad = psad_baseline_rows(data)
+    if psad is not None:
+        out["baselines"]["PSA density"] = evaluate_predictions(
+            psad, n_boot=n_boot, seed=seed, val_rows=psad_baseline_rows(data, data.val_index)
+        )
+        patients = aggregate_patients(data.test)
+        keys = {patient_key(r) for r in psad}
+        patients = [r for r in patients if patient_key(r) in keys]
+        _add_comparison(out, "PSA density (patient level)", psad, patients, n_boot, seed, level)
+    for result in out["baselines"].values():
+        result["lesion"]["calibration"] = None  # rule scores (-ADC, PSAD) are not probabilities
+    return out
+
+
+def _add_comparison(out: dict, name: str, baseline, model, n_boot, seed, level) -> None:
+    """Model − baseline paired test; skipped (with the reason) when a class is missing."""
+    try:
+        out["added_value"][name] = compare_models(
+            baseline, model, n_boot=n_boot, seed=seed, level=level
+        )
+    except ValueError as exc:
+        out.setdefault("skipped", {})[name] = str(exc)
+
+
+def round_history(rounds: list[dict], split: str = "val") -> list[tuple[int, float]]:
+    """(round, AUROC) of the server-side ``split`` evaluation, skipping undefined values."""
+    out = []
+    for r in rounds:
+        value = (r.get(split) or {}).get("auroc")
+        if value is not None and math.isfinite(value):
+            out.append((int(r["round"]), float(value)))
+    return out
+
+
+def cumulative_mb(rounds: list[dict]) -> list[tuple[float, float]]:
+    """(cumulative MB up + down over all clients, validation AUROC) after each round."""
+    total, out = 0.0, []
+    for r in rounds:
+        clients = r.get("clients") or []
+        total += sum(c.get("bytes_up", 0) + c.get("bytes_down", 0) for c in clients) / 1e6
+        value = (r.get("val") or {}).get("auroc")
+        if clients and value is not None and math.isfinite(value) and total > 0:
+            out.append((total, float(value)))
+    return out

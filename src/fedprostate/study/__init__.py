@@ -1,0 +1,1 @@
+"""The study runner that tests the published findings (``fedprostate study``)."""

@@ -1,0 +1,92 @@
+"""Single-run report: computed from the run's predictions and cache, self-contained HTML."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from fedprostate.eval.report import fmt_ci, write_run_report
+from fedprostate.eval.report_data import load_run
+from fedprostate.eval.report_doc import Doc
+from fl_fixtures import tiny_config, write_tiny_cache
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from fedprostate.pooled import centralize
+
+    root = tmp_path_factory.mktemp("report")
+    cache = write_tiny_cache(root / "cache", patients_per_site=15)
+    out = root / "run"
+    centralize(tiny_config(cache, **{"fl.rounds": 2, "eval.n_boot": 100}), out)
+    return out
+
+
+def _test_predictions(run_dir):
+    with (run_dir / "predictions_test_best.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    return np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows])
+
+
+def test_run_report_is_computed_from_the_predictions(run_dir):
+    page = write_run_report(run_dir)
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    labels, scores = _test_predictions(run_dir)
+    auroc = evaluation["model"]["lesion"]["auroc"]
+    assert auroc["estimate"] == pytest.approx(roc_auc_score(labels, scores))
+    assert auroc["low"] <= auroc["estimate"] <= auroc["high"]
+    # both baselines scored on the same findings / patients, with the model's gain over them
+    assert set(evaluation["baselines"]) == {"mean-ADC rule", "PSA density"}
+    adc = evaluation["baselines"]["mean-ADC rule"]
+    assert adc["n_findings"] == len(labels)
+    assert set(evaluation["added_value"]) == {
+        "mean-ADC rule (lesion level)",
+        "PSA density (patient level)",
+    }
+    md = (run_dir / "report.md").read_text()
+    assert fmt_ci(auroc) in md  # the table shows the computed value with its CI
+    assert "mean-ADC rule" in md and "PSA density" in md
+    assert page.name == "report.html"
+
+
+def test_html_is_self_contained(run_dir):
+    write_run_report(run_dir)
+    html = (run_dir / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert sources, "the report should embed figures"
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in html and "https://" not in html
+    assert "<link" not in html  # no external style sheet
+
+
+def test_report_joins_case_labels_from_the_cache(run_dir):
+    data = load_run(run_dir)
+    assert data.index and len(data.index) == len(data.test)
+    assert all("case_label" in r for r in data.test)
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="summary.json"):
+        write_run_report(tmp_path)
+
+
+def test_report_command(run_dir):
+    from fedprostate.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--n-boot", "50"])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+
+
+def test_doc_renders_the_same_table_in_both_formats(tmp_path):
+    doc = Doc("t")
+    doc.table(["claim", "verdict"], [["1", "reproduced"], ["2", "a|b"]])
+    md, page = doc.write(tmp_path)
+    assert "| 2 | a\\|b |" in md.read_text()
+    assert '<td class="reproduced">reproduced</td>' in page.read_text()

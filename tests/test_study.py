@@ -1,0 +1,228 @@
+"""Study runner: the plan, the shared reference arm, resumability, verdicts computed from data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from fedprostate.config import RunConfig
+from fedprostate.data.cache import load_index
+from fedprostate.study import runner
+from fedprostate.study.cells import REFERENCE, build_cells
+from fedprostate.study.claims import Comparison, compare_arms, evaluate_claims
+from fedprostate.study.config import Preregistration, StudyConfig
+from fl_fixtures import write_tiny_cache
+
+STUDY = """
+[study]
+name = "test study"
+alpha = 0.05
+margin_noninferiority = 0.02
+n_boot = 200
+notes = ["tiny test study"]
+
+[data]
+cache = "{cache}"
+organ_cache = "{cache}"
+
+[pretrain]
+enabled = false
+
+[tuning]
+learning_rates = [{lrs}]
+
+[arms]
+backbones = {{ swin = "swin_test", resnet = "resnet_test", vit = "vit_test" }}
+
+[reference]
+"model.arch" = "swin_test"
+"model.crop" = 32
+"fl.rounds" = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return write_tiny_cache(tmp_path_factory.mktemp("study") / "cache", patients_per_site=20)
+
+
+def _config(tmp_path: Path, cache: Path, lrs: str = "1e-3") -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.format(cache=cache, lrs=lrs))
+    return path
+
+
+def _plan(config: Path, out: Path):
+    cfg = StudyConfig.load(config)
+    paths = runner.planned_paths(cfg, out)
+    return cfg, paths, *build_cells(cfg, paths)
+
+
+def test_reference_arm_is_shared_across_sections(tmp_path, cache):
+    cfg, paths, arms, cells = _plan(_config(tmp_path, cache, "1e-3, 3e-3"), tmp_path / "out")
+    ids = [a.id for a in arms]
+    assert len(ids) == len(set(ids))
+    ref = next(a for a in arms if a.id == REFERENCE)
+    assert set(ref.sections) == set(cfg.sections)  # one run folder serves every section
+    assert [c.id for c in cells if c.arm == REFERENCE] == ["reference@lr0.001", "reference@lr0.003"]
+    # every arm gets the same learning-rate budget
+    for arm in arms:
+        assert sorted(c.lr for c in cells if c.arm == arm.id) == [1e-3, 3e-3]
+    by_id = {c.id: c.config for c in cells}
+    assert by_id["method-full@lr0.001"].finetune.method == "full"
+    assert by_id["agg-fedprox@lr0.001"].train.prox_mu > 0
+    assert by_id["input-organ@lr0.001"].data.cache == str(cache)
+    assert by_id["loso-siteA@lr0.001"].data.holdout_site == "siteA"
+    mixed = by_id["uplink-mixed@lr0.003"].compress.site_codecs
+    assert mixed.count("=") == len(paths.sites) == 3
+    # apart from their change, arms equal the reference (same data, rounds, seed)
+    assert (
+        by_id["agg-fedavg@lr0.001"].replace(**{"fl.strategy": "fedadam"})
+        == by_id["reference@lr0.001"]
+    )
+
+
+def test_dry_run_lists_cells_and_runs_nothing(tmp_path, cache, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "run_function", lambda kind: calls.append(kind))
+    console = Console(record=True, width=200)
+    out = tmp_path / "out"
+    assert runner.run_study(_config(tmp_path, cache), out, dry_run=True, console=console) is None
+    text = console.export_text()
+    assert "reference" in text and "method-full" in text and "estimated time" in text
+    assert calls == [] and not out.exists()
+
+
+def _fake_run(quality: dict[str, float], counter: list):
+    """A stand-in for federate/centralize/local writing a run folder from constructed scores:
+    the better the arm's quality, the more its scores separate the classes."""
+
+    def run(cfg: RunConfig, out: Path) -> dict:
+        counter.append(Path(out).name)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(cfg.to_toml())
+        arm = out.name.split("@")[0]
+        q = quality.get(arm, 1.0) + (0.5 if cfg.train.lr > 2e-3 else 0.0)
+        rng = np.random.default_rng(len(arm))
+        rows = load_index(cfg.data.cache)
+        for split in ("val", "test"):
+            sel = [r for r in rows if r["split"] == split]
+            if cfg.data.partition == "loso" and split == "test":
+                sel = [r for r in sel if r["site"] == cfg.data.holdout_site]
+            with (out / f"predictions_{split}_best.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["site", "patient_id", "study_id", "finding_id", "source", "label",
+                            "score", "round"])  # fmt: skip
+                for r in sel:
+                    score = 1 / (1 + np.exp(-(q * (2 * r["label"] - 1) + rng.normal())))
+                    w.writerow([r["site"], r["patient_id"], r["study_id"], r["finding_id"],
+                                r["source"], r["label"], score, 1])  # fmt: skip
+        (out / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "round": k,
+                        "val": {"auroc": 0.5 + 0.1 * k * q / 4},
+                        "clients": [{"bytes_up": 1000, "bytes_down": 2000}],
+                    }
+                )
+                + "\n"
+                for k in (1, 2)
+            )  # fmt: skip
+        )
+        summary = {"kind": "federated", "val_auroc": 0.6 + 0.01 * q, "test_auroc": 0.7,
+                   "trainable_params": 1000 if cfg.finetune.method == "full" else 5,
+                   "uplink_mb_per_client_round": 0.001}  # fmt: skip
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    return run
+
+
+def test_study_is_resumable_and_verdicts_come_from_the_data(tmp_path, cache, monkeypatch):
+    calls: list[str] = []
+    quality = {REFERENCE: 3.0, "backbone-resnet": 0.0, "backbone-vit": 0.0}
+    monkeypatch.setattr(runner, "run_function", lambda kind: _fake_run(quality, calls))
+    config, out = _config(tmp_path, cache, "1e-3, 3e-3"), tmp_path / "out"
+    sections = 'sections = ["backbone", "method", "aggregator"]\n'
+    config.write_text(config.read_text().replace('name = "test study"\n', sections))
+    console = Console(record=True, width=200)
+    page = runner.run_study(config, out, console=console)
+    n_cells = len(list((out / "cells").iterdir()))
+    assert len(calls) == n_cells == 2 * 9  # 9 arms (reference shared) x 2 learning rates
+    # the higher LR always scores better on validation in the fake: it must be chosen
+    chosen = json.loads((out / "arms.json").read_text())
+    assert chosen[REFERENCE]["cell"] == "reference@lr0.003"
+    claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
+    assert claims["1"]["verdict"] == "reproduced"  # reference separates far better than both
+    assert claims["2b"]["verdict"] == "reproduced"  # 5 vs 1000 trainable parameters
+    html = page.read_text()
+    assert "reproduced" in html and 'src="http' not in html
+    # second call: every cell is finished, nothing reruns
+    calls.clear()
+    runner.run_study(config, out, console=console, report=False)
+    assert calls == []
+    # a finished cell is skipped but a removed one reruns
+    (out / "cells" / "agg-fedavg@lr0.001" / "summary.json").unlink()
+    runner.run_study(config, out, console=console, report=False)
+    assert calls == ["agg-fedavg@lr0.001"]
+
+
+def test_preregistered_values_cannot_change_on_resume(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(runner, "run_function", lambda kind: _fake_run({}, []))
+    config, out = _config(tmp_path, cache), tmp_path / "out"
+    runner.run_study(config, out, console=Console(quiet=True), report=False)
+    config.write_text(config.read_text().replace("alpha = 0.05", "alpha = 0.1"))
+    with pytest.raises(ValueError, match="pre-registered"):
+        runner.run_study(config, out, console=Console(quiet=True), report=False)
+
+
+def _rows(n_patients: int, scores_for, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        for f in range(2):
+            label = int(rng.random() < 0.4)
+            rows.append({"site": "s", "patient_id": str(p), "finding_id": f"f{f}",
+                         "source": "biopsied", "label": label,
+                         "score": scores_for(label, rng)})  # fmt: skip
+    return rows
+
+
+PREREG = Preregistration(alpha=0.05, margin_noninferiority=0.02, n_boot=300)
+
+
+def test_verdict_reproduced_when_b_is_clearly_better():
+    weak = _rows(60, lambda y, rng: rng.normal())
+    strong = [dict(r, score=2.5 * r["label"] + np.random.default_rng(i).normal())
+              for i, r in enumerate(weak)]  # fmt: skip
+    result = compare_arms(weak, strong, Comparison("a", "b"), PREREG)
+    assert result["verdict"] == "reproduced"
+    assert result["comparison"]["bootstrap"]["low"] > 0
+    # the reverse claim (A beats B) is rejected by the same rule
+    assert compare_arms(strong, weak, Comparison("b", "a"), PREREG)["verdict"] == "not reproduced"
+
+
+def test_identical_arms_are_not_superior_but_are_noninferior():
+    rows = _rows(60, lambda y, rng: y + rng.normal())
+    same = [dict(r) for r in rows]
+    sup = compare_arms(rows, same, Comparison("a", "b"), PREREG)
+    assert sup["verdict"] == "inconclusive"  # delta 0: no gain shown, none excluded
+    non = compare_arms(rows, same, Comparison("a", "b", "noninferior"), PREREG)
+    assert non["verdict"] == "reproduced"  # CI [0, 0] lies above -margin
+
+
+def test_claims_need_all_comparisons(tmp_path):
+    good = _rows(60, lambda y, rng: 3 * y + rng.normal())
+    bad = _rows(60, lambda y, rng: rng.normal())
+    preds = {REFERENCE: good, "backbone-resnet": bad, "backbone-vit": good}
+    out = evaluate_claims(preds, {}, PREREG)
+    claim = next(c for c in out["claims"] if c["id"] == "1")
+    assert [c["verdict"] for c in claim["comparisons"]] == ["reproduced", "inconclusive"]
+    assert claim["verdict"] == "inconclusive"
