@@ -10,6 +10,9 @@ _COMMAND_MODULES = (
     "fedprostate.commands.data_prepare",
     "fedprostate.commands.pretrain",
     "fedprostate.commands.runs",
+    "fedprostate.commands.study",
+    "fedprostate.commands.bundle",
+    "fedprostate.commands.deploy",
 )
 
 for _name in _COMMAND_MODULES:
