@@ -56,8 +56,9 @@ def run_arm(base: RunConfig, name: str, work: Path) -> Path:
     method, codec, ef = ARMS[name]
     out = work / name
     if not (out / "summary.json").exists():
-        cfg = base.replace(**{"finetune.method": method, "compress.uplink": codec,
-                              "compress.error_feedback": ef})
+        cfg = base.replace(
+            **{"finetune.method": method, "compress.uplink": codec, "compress.error_feedback": ef}
+        )
         federate(cfg, out)
     return out
 
@@ -73,24 +74,38 @@ def arm_result(run: Path, target: float, reference: list[dict] | None) -> dict:
             if cum_at_target is None and entry["round"] > 0 and entry["val"]["auroc"] >= target:
                 cum_at_target = cum
     test = read_rows(run / "predictions_test_best.csv")
-    ci = bootstrap_ci([r["label"] for r in test], [r["score"] for r in test],
-                      [f"{r['site']}/{r['patient_id']}" for r in test], n_boot=1000, seed=0)
-    out = {"up_mb": summary["uplink_mb_per_client_round"],
-           "down_mb": summary["downlink_mb_per_client_round"],
-           "cum_mb_to_target": cum_at_target, "test_auroc": ci["estimate"],
-           "ci": (ci["low"], ci["high"]), "curve": curve, "rows": test}
+    ci = bootstrap_ci(
+        [r["label"] for r in test],
+        [r["score"] for r in test],
+        [f"{r['site']}/{r['patient_id']}" for r in test],
+        n_boot=1000,
+        seed=0,
+    )
+    out = {
+        "up_mb": summary["uplink_mb_per_client_round"],
+        "down_mb": summary["downlink_mb_per_client_round"],
+        "cum_mb_to_target": cum_at_target,
+        "test_auroc": ci["estimate"],
+        "ci": (ci["low"], ci["high"]),
+        "curve": curve,
+        "rows": test,
+    }
     if reference is not None:
         cmp = compare_models(reference, test, n_boot=1000, seed=0, level=1 - ALPHA)
         out["delta"] = cmp["bootstrap"]["delta"]
         out["delta_ci"] = (cmp["bootstrap"]["low"], cmp["bootstrap"]["high"])
-        out["verdict"] = verdict_from_comparison(cmp, claim="noninferior", alpha=ALPHA, margin=MARGIN)
+        out["verdict"] = verdict_from_comparison(
+            cmp, claim="noninferior", alpha=ALPHA, margin=MARGIN
+        )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, default=None, help="Prepared crop cache (default: synthesize one).")
+    ap.add_argument(
+        "--cache", type=Path, default=None, help="Prepared crop cache (default: synthesize one)."
+    )
     ap.add_argument("--sites", type=int, default=4)
     ap.add_argument("--patients", type=int, default=100)
     ap.add_argument("--arch", default="swin_tiny")
@@ -108,14 +123,25 @@ def main() -> None:
 
         cache = args.work / "cache"
         if not (cache / "index.csv").exists():
-            synthesize(args.work / "raw", sites=args.sites, patients=args.patients, seed=0,
-                       preset="small")
+            synthesize(
+                args.work / "raw", sites=args.sites, patients=args.patients, seed=0, preset="small"
+            )
             prepare(args.work / "raw", cache, crop=args.crop, progress=False)
-    base = RunConfig.from_flat({
-        "data.cache": str(cache.resolve()), "model.arch": args.arch, "model.crop": args.crop,
-        "train.steps": args.steps, "train.batch_size": 32, "train.lr": 1e-3,
-        "fl.rounds": args.rounds, "fl.strategy": "fedadam", "fl.server_lr": 1e-2,
-        "fl.fraction_evaluate": 0.0, "finetune.lora_r": 8})
+    base = RunConfig.from_flat(
+        {
+            "data.cache": str(cache.resolve()),
+            "model.arch": args.arch,
+            "model.crop": args.crop,
+            "train.steps": args.steps,
+            "train.batch_size": 32,
+            "train.lr": 1e-3,
+            "fl.rounds": args.rounds,
+            "fl.strategy": "fedadam",
+            "fl.server_lr": 1e-2,
+            "fl.fraction_evaluate": 0.0,
+            "finetune.lora_r": 8,
+        }
+    )
     names = [a for a in args.arms.split(",") if a]
     if "lora-fp32" in names:  # the reference first
         names.remove("lora-fp32")
@@ -126,25 +152,50 @@ def main() -> None:
         ref = results["lora-fp32"]["rows"] if "lora-fp32" in results else None
         results[name] = arm_result(run, args.target, ref)
 
-    table = Table(title=f"Compression: {args.arch} {args.crop} px, {args.rounds} rounds, FedAdam; "
-                        f"non-inferiority vs lora-fp32, margin {MARGIN}")
-    for col in ("arm", "up MB/client/round", "down MB", f"cum MB to val {args.target}",
-                "test AUROC [95% CI]", "ΔAUROC [95% CI]", "verdict"):
+    table = Table(
+        title=f"Compression: {args.arch} {args.crop} px, {args.rounds} rounds, FedAdam; "
+        f"non-inferiority vs lora-fp32, margin {MARGIN}"
+    )
+    for col in (
+        "arm",
+        "up MB/client/round",
+        "down MB",
+        f"cum MB to val {args.target}",
+        "test AUROC [95% CI]",
+        "ΔAUROC [95% CI]",
+        "verdict",
+    ):
         table.add_column(col)
     for name, r in results.items():
-        delta = (f"{r['delta']:+.3f} [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}]"
-                 if "delta" in r else "reference")
+        delta = (
+            f"{r['delta']:+.3f} [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}]"
+            if "delta" in r
+            else "reference"
+        )
         cum = f"{r['cum_mb_to_target']:.2f}" if r["cum_mb_to_target"] is not None else "not reached"
-        table.add_row(name, f"{r['up_mb']:.4f}", f"{r['down_mb']:.4f}", cum,
-                      f"{r['test_auroc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]", delta,
-                      r.get("verdict", ""))
+        table.add_row(
+            name,
+            f"{r['up_mb']:.4f}",
+            f"{r['down_mb']:.4f}",
+            cum,
+            f"{r['test_auroc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]",
+            delta,
+            r.get("verdict", ""),
+        )
     Console().print(table)
-    plot = plot_auroc_vs_mb({n: r["curve"] for n, r in results.items()},
-                            args.work / "auroc_vs_mb.png", title="Test AUROC vs cumulative MB")
+    plot = plot_auroc_vs_mb(
+        {n: r["curve"] for n, r in results.items()},
+        args.work / "auroc_vs_mb.png",
+        title="Test AUROC vs cumulative MB",
+    )
     print(f"Pareto plot: {plot}")
-    (args.work / "compression.json").write_text(json.dumps(
-        {n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()},
-        indent=1, default=lambda x: float(x) if isinstance(x, np.floating) else str(x)))
+    (args.work / "compression.json").write_text(
+        json.dumps(
+            {n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()},
+            indent=1,
+            default=lambda x: float(x) if isinstance(x, np.floating) else str(x),
+        )
+    )
 
 
 if __name__ == "__main__":

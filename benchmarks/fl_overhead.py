@@ -39,7 +39,9 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--work", type=Path, default=None, help="Folder for data and runs (default: temp).")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="Folder for data and runs (default: temp)."
+    )
     args = ap.parse_args()
     cores = os.cpu_count() or 2
     work = args.work or Path(tempfile.mkdtemp(prefix="fl_overhead_"))
@@ -47,13 +49,25 @@ def main() -> None:
     if not (cache / "index.csv").exists():
         synthesize(raw, sites=args.sites, patients=args.patients, seed=0, preset="small")
         prepare(raw, cache, crop=args.crop, progress=False)
-    cfg = RunConfig.from_flat({
-        "data.cache": str(cache), "model.arch": args.arch, "model.crop": args.crop,
-        "finetune.method": "lora", "finetune.lora_r": 8, "train.epochs": args.epochs,
-        "train.batch_size": 32, "train.threads": cores, "fl.rounds": args.rounds,
-        "fl.strategy": "fedadam", "fl.fraction_evaluate": 0.0, "fl.eval_every": 1000,
-        "fl.client_cpus": float(cores), "fl.min_train_nodes": args.sites,
-        "fl.min_available_nodes": args.sites})
+    cfg = RunConfig.from_flat(
+        {
+            "data.cache": str(cache),
+            "model.arch": args.arch,
+            "model.crop": args.crop,
+            "finetune.method": "lora",
+            "finetune.lora_r": 8,
+            "train.epochs": args.epochs,
+            "train.batch_size": 32,
+            "train.threads": cores,
+            "fl.rounds": args.rounds,
+            "fl.strategy": "fedadam",
+            "fl.fraction_evaluate": 0.0,
+            "fl.eval_every": 1000,
+            "fl.client_cpus": float(cores),
+            "fl.min_train_nodes": args.sites,
+            "fl.min_available_nodes": args.sites,
+        }
+    )
 
     # Pure local training: the same clients, the same loop, no Flower.
     names = task.client_names(cfg)
@@ -62,8 +76,12 @@ def main() -> None:
         t0 = time.perf_counter()
         for name in names:
             bundle = task.build_model(cfg)
-            train_local(bundle.ft.model, task.client_dataset(cfg, name, "train"), cfg.train,
-                        seed=task.client_seed(cfg, r, name))
+            train_local(
+                bundle.ft.model,
+                task.client_dataset(cfg, name, "train"),
+                cfg.train,
+                seed=task.client_seed(cfg, r, name),
+            )
         local_s.append(time.perf_counter() - t0)
 
     run = work / "run"
@@ -77,21 +95,36 @@ def main() -> None:
     per_site = local_med / len(names)
     rounds_per_hour_17 = 3600 / (17 * per_site * (statistics.median(round_s) / local_med))
 
-    table = Table(title=f"Flower overhead: {len(names)} sites, {args.arch} LoRA r=8, {args.crop} px, "
-                        f"{args.epochs} local epochs, {cores} cores")
+    table = Table(
+        title=f"Flower overhead: {len(names)} sites, {args.arch} LoRA r=8, {args.crop} px, "
+        f"{args.epochs} local epochs, {cores} cores"
+    )
     for col in ("quantity", "value"):
         table.add_column(col)
     n_train = sum(len(task.client_dataset(cfg, n, "train")) for n in names)
     table.add_row("training crops per round (all sites)", str(n_train))
     table.add_row("pure local training per round, median (s)", f"{local_med:.2f}")
-    table.add_row("Flower round wall time, median of rounds 2.. (s)",
-                  f"{statistics.median(round_s):.2f}" if round_s else "n/a")
+    table.add_row(
+        "Flower round wall time, median of rounds 2.. (s)",
+        f"{statistics.median(round_s):.2f}" if round_s else "n/a",
+    )
     table.add_row("round 1 (actor start-up + model build) (s)", f"{first_s:.2f}")
     table.add_row("overhead ratio (goal ≤ 1.10)", f"{ratio:.3f}")
-    table.add_row("rounds per hour, 17 sites of this size, one machine", f"{rounds_per_hour_17:.1f}")
+    table.add_row(
+        "rounds per hour, 17 sites of this size, one machine", f"{rounds_per_hour_17:.1f}"
+    )
     Console().print(table)
-    print(json.dumps({"local_s": local_s, "round_s": round_s, "first_round_s": first_s,
-                      "ratio": ratio, "rounds_per_hour_17_sites": rounds_per_hour_17}))
+    print(
+        json.dumps(
+            {
+                "local_s": local_s,
+                "round_s": round_s,
+                "first_round_s": first_s,
+                "ratio": ratio,
+                "rounds_per_hour_17_sites": rounds_per_hour_17,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,15 @@ def cache(tmp_path_factory):
 
 
 def test_mixed_site_codecs_outputs_and_bytes(cache, tmp_path):
-    cfg = tiny_config(cache, **{
-        "compress.site_codecs": "siteA=int4:block=64;siteC=int8", "compress.uplink": "fp32",
-        "compress.error_feedback": True, "fl.rounds": 2})
+    cfg = tiny_config(
+        cache,
+        **{
+            "compress.site_codecs": "siteA=int4:block=64;siteC=int8",
+            "compress.uplink": "fp32",
+            "compress.error_feedback": True,
+            "fl.rounds": 2,
+        },
+    )
     run = tmp_path / "run"
     summary = federate(cfg, run)
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -42,7 +48,8 @@ def test_mixed_site_codecs_outputs_and_bytes(cache, tmp_path):
         ref = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
         cur = {k: np.ones(s, np.float32) for k, s in shapes.items()}
         expected[site] = wire.wire_bytes(
-            wire.pack_uplink(cur, ref, CodecSpec.parse(codec), np.random.default_rng(0)))
+            wire.pack_uplink(cur, ref, CodecSpec.parse(codec), np.random.default_rng(0))
+        )
     for entry in rounds[1:]:
         by_site = {c["site"]: c for c in entry["clients"]}
         assert set(by_site) == {"siteA", "siteB", "siteC"}
@@ -63,13 +70,17 @@ def test_mixed_site_codecs_outputs_and_bytes(cache, tmp_path):
         for tag in ("best", "last"):
             with (run / f"predictions_{split}_{tag}.csv").open() as fh:
                 rows = list(csv.DictReader(fh))
-            assert rows and {"site", "patient_id", "finding_id", "source", "label", "score"} <= set(rows[0])
+            assert rows and {"site", "patient_id", "finding_id", "source", "label", "score"} <= set(
+                rows[0]
+            )
     model = load_file(str(run / "model.safetensors"))
     assert sum(v.size for v in model.values()) == n
     assert all(v.dtype == np.float32 for v in model.values())
     # Error feedback keeps a residual per lossy site, per round, in the site's own state folder.
     assert sorted(p.name for p in (run / "client_state" / "siteA").glob("ef_*")) == [
-        "ef_round0001.safetensors", "ef_round0002.safetensors"]
+        "ef_round0001.safetensors",
+        "ef_round0002.safetensors",
+    ]
     assert not list((run / "client_state" / "siteB").glob("ef_*"))
     assert (run / "checkpoints" / "round_0002_strategy.safetensors").exists()
 
@@ -83,33 +94,66 @@ def _final(run: Path) -> dict:
 
 
 def test_resume_after_kill_matches_uninterrupted_run(cache, tmp_path):
-    overrides = ["--set", f"data.cache={cache}", "--set", "model.arch=swin_test",
-                 "--set", "model.crop=32", "--set", "finetune.lora_r=2", "--set", "train.steps=6",
-                 "--set", "train.batch_size=8", "--set", "fl.rounds=3", "--set", "fl.server_lr=0.05"]
+    overrides = [
+        "--set",
+        f"data.cache={cache}",
+        "--set",
+        "model.arch=swin_test",
+        "--set",
+        "model.crop=32",
+        "--set",
+        "finetune.lora_r=2",
+        "--set",
+        "train.steps=6",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "fl.rounds=3",
+        "--set",
+        "fl.server_lr=0.05",
+    ]
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     full = tmp_path / "full"
-    subprocess.run(_cli("federate", *overrides, "--out", str(full)), check=True, env=env,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _cli("federate", *overrides, "--out", str(full)),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("federate", *overrides, "--out", str(killed)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cli("federate", *overrides, "--out", str(killed)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "round_0001.json").exists():
         assert time.time() < deadline and proc.poll() is None, "run ended before round 1"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = sorted(int(p.stem.split("_")[1]) for p in (killed / "checkpoints").glob("round_*[0-9].json"))
+    done = sorted(
+        int(p.stem.split("_")[1]) for p in (killed / "checkpoints").glob("round_*[0-9].json")
+    )
     assert done and done[-1] < 3, f"the kill came too late to test anything: {done}"
     k = done[-1]
     no_adam = tmp_path / "no_adam"
     shutil.copytree(killed, no_adam)
 
-    subprocess.run(_cli("federate", "--resume", str(killed)), check=True, env=env,
-                   capture_output=True, timeout=600)
-    rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    subprocess.run(
+        _cli("federate", "--resume", str(killed)),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    rounds = [
+        json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+    ]
     assert rounds == [0, 1, 2, 3]  # no round twice, none missing
     resumed_log = json.loads((killed / "summary.json").read_text())
     assert resumed_log["rounds"] == 3
@@ -119,8 +163,14 @@ def test_resume_after_kill_matches_uninterrupted_run(cache, tmp_path):
 
     for p in (no_adam / "checkpoints").glob("*_strategy.safetensors"):
         p.unlink()
-    subprocess.run(_cli("federate", "--resume", str(no_adam)), check=True, env=env,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        _cli("federate", "--resume", str(no_adam)),
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     c = _final(no_adam)
     assert max(float(np.abs(a[key] - c[key]).max()) for key in a) > 1e-4, (
-        f"dropping FedAdam's moments after round {k} must change the result")
+        f"dropping FedAdam's moments after round {k} must change the result"
+    )

@@ -12,12 +12,27 @@ from fedprostate.fl.strategies import make_strategy
 from test_faults import SHAPES, _reply, _strategy, _tensors, server_identity  # noqa: F401
 
 
-@pytest.mark.parametrize("name, base", [("fedavg", FedAvg), ("fedadam", FedAdam),
-                                        ("fedyogi", FedYogi), ("fedadagrad", FedAdagrad),
-                                        ("fedprox", FedProx)])
+@pytest.mark.parametrize(
+    "name, base",
+    [
+        ("fedavg", FedAvg),
+        ("fedadam", FedAdam),
+        ("fedyogi", FedYogi),
+        ("fedadagrad", FedAdagrad),
+        ("fedprox", FedProx),
+    ],
+)
 def test_flower_classes_with_exposed_parameters(name, base):
-    cfg = RunConfig.from_flat({"fl.strategy": name, "fl.server_lr": 0.03, "fl.tau": 1e-4,
-                               "fl.beta_1": 0.8, "fl.beta_2": 0.95, "train.prox_mu": 0.1})
+    cfg = RunConfig.from_flat(
+        {
+            "fl.strategy": name,
+            "fl.server_lr": 0.03,
+            "fl.tau": 1e-4,
+            "fl.beta_1": 0.8,
+            "fl.beta_2": 0.95,
+            "train.prox_mu": 0.1,
+        }
+    )
     strategy = make_strategy(cfg, num_clients=4)
     assert isinstance(strategy, base)
     if name in ("fedadam", "fedyogi", "fedadagrad"):

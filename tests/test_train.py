@@ -52,8 +52,11 @@ def test_fedprox_pulls_toward_the_global(setup):
         model = copy.deepcopy(base)
         tc = TrainConfig(steps=6, batch_size=8, lr=3e-2, prox_mu=mu)
         train_local(model, ds, tc, seed=1, global_params=anchor)
-        return sum(float(((p.detach() - anchor[n]) ** 2).sum()) for n, p in model.named_parameters()
-                   if p.requires_grad)
+        return sum(
+            float(((p.detach() - anchor[n]) ** 2).sum())
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        )
 
     assert drift(50.0) < 0.5 * drift(0.0)
 

@@ -41,7 +41,9 @@ class Finding:
 
     def __post_init__(self) -> None:
         if self.source not in FINDING_SOURCES:
-            raise ValueError(f"finding {self.finding_id}: source {self.source!r} not in {FINDING_SOURCES}")
+            raise ValueError(
+                f"finding {self.finding_id}: source {self.source!r} not in {FINDING_SOURCES}"
+            )
         if not 0 <= int(self.isup) <= 5:
             raise ValueError(f"finding {self.finding_id}: ISUP {self.isup} outside 0..5")
 

@@ -119,9 +119,16 @@ def train_round(
     train_ds = task.client_dataset(cfg, site.name, "train")
     seed = task.client_seed(cfg, server_round, site.name)
     anchors = {k: torch.from_numpy(v) for k, v in global_tensors.items()}
-    result = train_local(ft.model, train_ds, cfg.train, seed=seed, global_params=anchors,
-                         teacher=task.teacher_model(cfg), kd_temperature=cfg.distill.temperature,
-                         kd_alpha=cfg.distill.alpha)
+    result = train_local(
+        ft.model,
+        train_ds,
+        cfg.train,
+        seed=seed,
+        global_params=anchors,
+        teacher=task.teacher_model(cfg),
+        kd_temperature=cfg.distill.temperature,
+        kd_alpha=cfg.distill.alpha,
+    )
     _save_state(site, "local", server_round, task.local_state(ft))
 
     spec = CodecSpec.parse(site.uplink)
