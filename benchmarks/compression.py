@@ -45,7 +45,7 @@ ARMS = {
 
 
 def read_rows(path: Path) -> list[dict]:
-    with path.open() as fh:
+    with path.open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         r["label"], r["score"] = int(r["label"]), float(r["score"])
@@ -64,8 +64,11 @@ def run_arm(base: RunConfig, name: str, work: Path) -> Path:
 
 
 def arm_result(run: Path, target: float, reference: list[dict] | None) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    rounds = [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     cum, cum_at_target, curve = 0.0, None, []
     for entry in rounds:
         cum += sum(c["bytes_up"] + c["bytes_down"] for c in entry.get("clients", [])) / 1e6
@@ -194,7 +197,8 @@ def main() -> None:
             {n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()},
             indent=1,
             default=lambda x: float(x) if isinstance(x, np.floating) else str(x),
-        )
+        ),
+        encoding="utf-8",
     )
 
 

@@ -39,7 +39,7 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 8) -> float:
 
 
 def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -47,7 +47,7 @@ def _rss_mb(field: str) -> float:
 
 def _reset_peak_rss() -> None:
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
     except OSError:
         pass
 
@@ -199,7 +199,9 @@ def main() -> None:
     peak = max(peak, matmul_peak_gflops())  # measured again at the end: the machine is shared
     print_table(rows, peak, args)
     if args.json:
-        args.json.write_text(json.dumps({"matmul_peak_gflops": peak, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"matmul_peak_gflops": peak, "rows": rows}, indent=2), encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,10 @@ def main() -> None:
 
     run = work / "run"
     federate(cfg, run)
-    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rounds = [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     times = {e["round"]: e["time_s"] for e in rounds}
     round_s = [times[r] - times[r - 1] for r in range(2, args.rounds + 1)]
     first_s = times[1] - times[0]

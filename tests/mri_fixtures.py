@@ -161,7 +161,7 @@ def marksheet_row(p: Phantom) -> dict:
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

@@ -46,8 +46,8 @@ def label_out_of_range(root):
 
 def edit_marksheet(root, fn):
     sheet = root / "labels/clinical_information/marksheet.csv"
-    lines = sheet.read_text().splitlines()
-    sheet.write_text("\n".join(fn(lines)) + "\n")
+    lines = sheet.read_text(encoding="utf-8").splitlines()
+    sheet.write_text("\n".join(fn(lines)) + "\n", encoding="utf-8")
 
 
 def mask_contradicts_case(root):  # patient 10001's mask gets a lesion, marksheet still says NO

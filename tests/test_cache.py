@@ -42,7 +42,7 @@ def test_layout_meta_index_and_site_tensors(cache):
     assert meta["mode"] == "lesion" and meta["crop"] == 16 and meta["n_slices"] == 3
     assert meta["channels"] == ["t2w", "adc", "hbv"] and meta["sites"] == ["siteA", "siteB"]
     assert meta["version"] == 1 and meta["format"] == "picai"
-    header = (cache_dir / "index.csv").read_text().splitlines()[0].split(",")
+    header = (cache_dir / "index.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert tuple(header) == INDEX_COLUMNS
     rows = load_index(cache_dir)
     assert len(rows) == report.crops == 10 * 2 + 5  # 2 sampled negatives each + 5 lesions
@@ -51,7 +51,11 @@ def test_layout_meta_index_and_site_tensors(cache):
         assert crops.dtype == np.float16 and crops.shape[1:] == (9, 16, 16)
         assert sorted(r["row"] for r in rows if r["site"] == site) == list(range(len(crops)))
     assert all(isinstance(r["label"], int) and isinstance(r["adc_mean"], float) for r in rows)
-    assert (cache_dir / "rejected.csv").read_text().startswith("path,patient_id,study_id,reason")
+    assert (
+        (cache_dir / "rejected.csv")
+        .read_text(encoding="utf-8")
+        .startswith("path,patient_id,study_id,reason")
+    )
 
 
 def test_crop_dataset_items_match_site_file(cache):
@@ -143,7 +147,10 @@ def test_cli_prepare_reports_counts_and_strict_stops(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "4 studies listed, 3 kept, 1 rejected" in " ".join(result.output.split())
-    assert json.loads((tmp_path / "c/meta.json").read_text())["counts"]["rejected"] == 1
+    assert (
+        json.loads((tmp_path / "c/meta.json").read_text(encoding="utf-8"))["counts"]["rejected"]
+        == 1
+    )
     strict = CliRunner().invoke(app, [*args[:-3], str(tmp_path / "s"), "--strict"])
     assert strict.exit_code == 1 and "10001" in strict.output
     assert not (tmp_path / "s/index.csv").exists()

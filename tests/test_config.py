@@ -32,7 +32,7 @@ def test_flat_round_trip_and_types():
 
 def test_toml_file_and_set_overrides(tmp_path: Path):
     path = tmp_path / "run.toml"
-    path.write_text(RunConfig().replace(**{"fl.strategy": "fedavg"}).to_toml())
+    path.write_text(RunConfig().replace(**{"fl.strategy": "fedavg"}).to_toml(), encoding="utf-8")
     cfg = RunConfig.load(path, ["fl.rounds=3", "finetune.method=ffa-lora", "train.lr=5e-4"])
     assert (cfg.fl.strategy, cfg.fl.rounds, cfg.finetune.method) == ("fedavg", 3, "ffa-lora")
     assert cfg.train.lr == pytest.approx(5e-4)

@@ -31,15 +31,15 @@ def test_demo_quick_end_to_end(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     run = out / "run"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["uplink_codec"] == "int8" and summary["strategy"] == "fedadam"
     # the federation started from the self-supervised foundation trained on the unlabeled pool
-    meta = json.loads((out / "foundation" / "swin_test.json").read_text())
+    meta = json.loads((out / "foundation" / "swin_test.json").read_text(encoding="utf-8"))
     assert meta["pretrain"]["method"] == "simmim"
-    config = (run / "config.toml").read_text()
+    config = (run / "config.toml").read_text(encoding="utf-8")
     assert "swin_test.safetensors" in config
-    html = (run / "report.html").read_text()
+    html = (run / "report.html").read_text(encoding="utf-8")
     assert all(s.startswith("data:") for s in re.findall(r'src="([^"]*)"', html))
     assert str(run / "report.html") in result.output.replace("\n", "")
-    evaluation = json.loads((run / "evaluation.json").read_text())
+    evaluation = json.loads((run / "evaluation.json").read_text(encoding="utf-8"))
     assert "mean-ADC rule" in evaluation["baselines"]

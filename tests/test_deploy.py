@@ -46,12 +46,15 @@ def test_deploy_local_over_tls_with_auth_matches_simulation(tmp_path):
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     logs = out / "deployment" / "logs"
-    link_log = (logs / "superlink.log").read_text()
+    link_log = (logs / "superlink.log").read_text(encoding="utf-8")
     assert "Uvicorn running on https://127.0.0.1:" in link_log  # TLS
     assert "Activated node_id" in link_log
     for site in ("siteA", "siteB"):
-        assert "SuperNode ID:" in (logs / f"supernode_{site}.log").read_text()
-    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert "SuperNode ID:" in (logs / f"supernode_{site}.log").read_text(encoding="utf-8")
+    rounds = [
+        json.loads(line)
+        for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     trained = [r for r in rounds if r["round"] > 0]
     assert [r["round"] for r in trained] == [1, 2]
     for entry in trained:
@@ -73,7 +76,7 @@ def test_deploy_local_over_tls_with_auth_matches_simulation(tmp_path):
     # Every process is gone: nothing listens on the SuperLink's port any more.
     from fedprostate.fl.processes import port_open
 
-    config = (out / "deployment" / "flwr" / "config.toml").read_text()
+    config = (out / "deployment" / "flwr" / "config.toml").read_text(encoding="utf-8")
     port = int(config.split("127.0.0.1:")[1].split('"')[0])
     assert not port_open(port)
 

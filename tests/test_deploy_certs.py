@@ -70,12 +70,12 @@ def test_node_keys_load_as_flower_loads_them(tmp_path):
     assert private.curve.name == "secp384r1"
     public = try_load_public_key(keys.public_key)  # flwr supernode register
     assert isinstance(public, bytes) and len(public) > 0
-    assert keys.public_key.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert keys.public_key.read_text(encoding="utf-8").startswith("ecdsa-sha2-nistp384 ")
     assert keys.private_key.stat().st_mode & 0o077 == 0
 
 
 def test_pyproject_flower_app_has_a_default_for_every_config_key():
-    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     flwr_app = doc["tool"]["flwr"]["app"]
     assert flwr_app["publisher"] == "fedprostate"
     assert flwr_app["components"] == {
@@ -107,7 +107,7 @@ def test_site_preflight_checks_data_and_hash_and_prints_the_command(tmp_path):
 
     cache = write_tiny_cache(tmp_path / "cache", sites=("siteA",))
     (cache / "rejected.csv").write_text(
-        "path,patient_id,study_id,reason\n/x/p9.mha,p9,s9,ADC missing\n"
+        "path,patient_id,study_id,reason\n/x/p9.mha,p9,s9,ADC missing\n", encoding="utf-8"
     )
     ckpt, sha = _foundation(tmp_path)
     runner = CliRunner()

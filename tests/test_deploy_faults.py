@@ -21,7 +21,9 @@ def _rounds(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _wait(condition, timeout: float, what: str) -> None:

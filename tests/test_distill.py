@@ -135,7 +135,7 @@ def test_federated_and_centralized_distillation_report(teacher):
     # the teacher reaches the pooled loop: same seed and data, different weights
     kd_w, plain_w = (load_file(str(root / r / "model.safetensors")) for r in ("cen_kd", "plain"))
     assert any(not np.allclose(kd_w[k], plain_w[k]) for k in kd_w)
-    saved = (root / "fed_kd" / "config.toml").read_text()
+    saved = (root / "fed_kd" / "config.toml").read_text(encoding="utf-8")
     assert str(bundle.resolve()) in saved and 'arch = "student_test"' in saved
 
     students = {}

@@ -63,7 +63,7 @@ def test_onnx_matches_unmerged_peft_model_with_dynamic_batch(lora):
         got = onnx_logits(bundle / "model.onnx", x.numpy())
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= 1e-4
-    meta = json.loads((bundle / "bundle.json").read_text())
+    meta = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
     assert meta["onnx"]["opset"] >= 17
     assert meta["onnx"]["parity_max_abs_logit_diff_vs_unmerged"] <= 1e-4
 
@@ -77,9 +77,9 @@ def test_bundle_metadata_threshold_hash_and_card(lora):
     val = read_predictions(run / "predictions_val_best.csv")
     expected = choose_threshold([r["label"] for r in val], [r["score"] for r in val], "youden")
     assert meta["threshold"] == pytest.approx(expected)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert meta["foundation_sha256"] == summary["foundation_sha256"]
-    card = (bundle / "MODEL_CARD.md").read_text()
+    card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Not for clinical use" in card and "siteA" in card
     auroc = meta["test_auroc"]["estimate"]
     assert f"{auroc:.3f}" in card and "95% CI" in card

@@ -39,7 +39,10 @@ def test_mixed_site_codecs_outputs_and_bytes(cache, tmp_path):
     )
     run = tmp_path / "run"
     summary = federate(cfg, run)
-    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rounds = [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [r["round"] for r in rounds] == [0, 1, 2]
     n = summary["communicated_params"]
     shapes = {k: v.shape for k, v in load_file(str(run / "model.safetensors")).items()}
@@ -68,7 +71,7 @@ def test_mixed_site_codecs_outputs_and_bytes(cache, tmp_path):
     assert summary["test_auroc"] == pytest.approx(best["test"]["auroc"])
     for split in ("val", "test"):
         for tag in ("best", "last"):
-            with (run / f"predictions_{split}_{tag}.csv").open() as fh:
+            with (run / f"predictions_{split}_{tag}.csv").open(encoding="utf-8") as fh:
                 rows = list(csv.DictReader(fh))
             assert rows and {"site", "patient_id", "finding_id", "source", "label", "score"} <= set(
                 rows[0]
@@ -152,10 +155,11 @@ def test_resume_after_kill_matches_uninterrupted_run(cache, tmp_path):
         timeout=600,
     )
     rounds = [
-        json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+        json.loads(line)["round"]
+        for line in (killed / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     assert rounds == [0, 1, 2, 3]  # no round twice, none missing
-    resumed_log = json.loads((killed / "summary.json").read_text())
+    resumed_log = json.loads((killed / "summary.json").read_text(encoding="utf-8"))
     assert resumed_log["rounds"] == 3
     a, b = _final(full), _final(killed)
     assert set(a) == set(b)

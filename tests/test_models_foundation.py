@@ -42,7 +42,7 @@ def test_save_and_load_round_trip_with_metadata(tmp_path):
     model = seeded("swin_test", 32)
     path = tmp_path / "ckpt.safetensors"
     meta = save_checkpoint(path, model, {"arch": "swin_test", "crop": 32, "normalization": "z"})
-    on_disk = json.loads(path.with_suffix(".json").read_text())
+    on_disk = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     assert on_disk == meta
     assert on_disk["channels"] == ["t2w", "adc", "hbv"]
     assert on_disk["sha256"] == backbone_sha256(model)

@@ -84,6 +84,6 @@ def test_png_to_data_uri(tmp_path, predictions):
     assert uri.startswith("data:image/png;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == path.read_bytes()
     text = tmp_path / "x.png"
-    text.write_text("not an image")
+    text.write_text("not an image", encoding="utf-8")
     with pytest.raises(ValueError):
         png_to_data_uri(text)

@@ -62,13 +62,13 @@ def test_predict_cli_on_raw_picai_study_matches_evaluation(trained, tmp_path):
         "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    result = json.loads((out / "predictions.json").read_text())
+    result = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     got = {r["finding_id"]: r["score"] for r in result["findings"]}
     expected = _cache_scores(root, cfg, patient)
     assert set(got) == set(expected) and len(got) == 3
     assert max(abs(got[k] - expected[k]) for k in got) < 1e-3
     assert result["patients"][0]["patient_score"] == pytest.approx(max(got.values()))
-    with (out / "predictions.csv").open() as fh:
+    with (out / "predictions.csv").open(encoding="utf-8") as fh:
         assert {r["finding_id"] for r in csv.DictReader(fh)} == set(got)
 
 
@@ -81,7 +81,7 @@ def test_predict_plain_image_paths_and_coordinates(trained, tmp_path):
 
     study = resolve_studies(raw / "images" / patient, seed=0, negatives=2)[0]
     table = tmp_path / "findings.csv"
-    with table.open("w", newline="") as fh:
+    with table.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["patient_id", "finding_id", "t2w", "adc", "hbv", "x", "y", "z"])
         for f in study.findings:

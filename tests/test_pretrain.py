@@ -77,7 +77,7 @@ def test_pretrain_command_writes_checkpoint_metadata_and_curve(tmp_path):
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["arch"] == "swin_test" and meta["crop"] == 32
     assert meta["channels"] == ["t2w", "adc", "hbv"]
     assert len(meta["loss_history"]) == 2 and meta["pretrain"]["n_crops"] == 8
@@ -85,3 +85,20 @@ def test_pretrain_command_writes_checkpoint_metadata_and_curve(tmp_path):
     assert backbone_sha256(load_foundation(out, "swin_test", 32)) == meta["sha256"]
     bad = CliRunner().invoke(app, [*args[:6], "64", *args[7:]])
     assert bad.exit_code != 0 and "expected [N, 3, 64, 64]" in bad.output
+
+
+def test_pretrain_command_reads_a_folder_of_unlabeled_studies_without_labels(tmp_path):
+    import fedprostate.commands.pretrain  # noqa: F401  registers the command
+    from mri_fixtures import picai_phantoms, write_picai
+
+    from fedprostate.cli_app import app
+
+    root = write_picai(tmp_path / "raw", picai_phantoms(2))
+    (root / "labels").rename(tmp_path / "hidden_labels")  # labels are never read
+    out = tmp_path / "f.safetensors"
+    result = CliRunner().invoke(app, ["pretrain", "--data", str(root), "--arch", "swin_test",
+                                      "--crop", "32", "--epochs", "1", "--batch-size", "4",
+                                      "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert meta["pretrain"]["n_crops"] > 0 and meta["crop"] == 32

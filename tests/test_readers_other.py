@@ -67,10 +67,10 @@ def test_same_images_under_two_ids_are_rejected_as_duplicate(tmp_path):
     for f in src.iterdir():
         shutil.copy(f, dst / f.name.replace("10001_1000001", "20001_2000001"))
     sheet = root / "labels/clinical_information/marksheet.csv"
-    lines = sheet.read_text().splitlines()
+    lines = sheet.read_text(encoding="utf-8").splitlines()
     copy = [ln for ln in lines if ln.startswith("10001,")][0]
     copy = copy.replace("10001,1000001", "20001,2000001").replace("siteB", "siteC")
-    sheet.write_text("\n".join([*lines, copy]) + "\n")
+    sheet.write_text("\n".join([*lines, copy]) + "\n", encoding="utf-8")
     report = prepare(root, tmp_path / "cache", crop=16, spacing=1.0, progress=False)
     assert report.kept == 3 and report.rejected == 1
     rejected = load_rejected(tmp_path / "cache")[0]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def read(path):
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 

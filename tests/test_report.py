@@ -29,14 +29,14 @@ def run_dir(tmp_path_factory):
 
 
 def _test_predictions(run_dir):
-    with (run_dir / "predictions_test_best.csv").open() as fh:
+    with (run_dir / "predictions_test_best.csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows])
 
 
 def test_run_report_is_computed_from_the_predictions(run_dir):
     page = write_run_report(run_dir)
-    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    evaluation = json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
     labels, scores = _test_predictions(run_dir)
     auroc = evaluation["model"]["lesion"]["auroc"]
     assert auroc["estimate"] == pytest.approx(roc_auc_score(labels, scores))
@@ -49,7 +49,7 @@ def test_run_report_is_computed_from_the_predictions(run_dir):
         "mean-ADC rule (lesion level)",
         "PSA density (patient level)",
     }
-    md = (run_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text(encoding="utf-8")
     assert fmt_ci(auroc) in md  # the table shows the computed value with its CI
     assert "mean-ADC rule" in md and "PSA density" in md
     assert page.name == "report.html"
@@ -57,7 +57,7 @@ def test_run_report_is_computed_from_the_predictions(run_dir):
 
 def test_html_is_self_contained(run_dir):
     write_run_report(run_dir)
-    html = (run_dir / "report.html").read_text()
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
     sources = re.findall(r'src="([^"]*)"', html)
     assert sources, "the report should embed figures"
     assert all(s.startswith("data:image/png;base64,") for s in sources)
@@ -88,5 +88,5 @@ def test_doc_renders_the_same_table_in_both_formats(tmp_path):
     doc = Doc("t")
     doc.table(["claim", "verdict"], [["1", "reproduced"], ["2", "a|b"]])
     md, page = doc.write(tmp_path)
-    assert "| 2 | a\\|b |" in md.read_text()
-    assert '<td class="reproduced">reproduced</td>' in page.read_text()
+    assert "| 2 | a\\|b |" in md.read_text(encoding="utf-8")
+    assert '<td class="reproduced">reproduced</td>' in page.read_text(encoding="utf-8")

@@ -53,7 +53,7 @@ def cache(tmp_path_factory):
 
 def _config(tmp_path: Path, cache: Path, lrs: str = "1e-3") -> Path:
     path = tmp_path / "study.toml"
-    path.write_text(STUDY.format(cache=cache, lrs=lrs))
+    path.write_text(STUDY.format(cache=cache, lrs=lrs), encoding="utf-8")
     return path
 
 
@@ -106,7 +106,7 @@ def _fake_run(quality: dict[str, float], counter: list):
         counter.append(Path(out).name)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(cfg.to_toml())
+        (out / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
         arm = out.name.split("@")[0]
         q = quality.get(arm, 1.0) + (0.5 if cfg.train.lr > 2e-3 else 0.0)
         rng = np.random.default_rng(len(arm))
@@ -115,7 +115,9 @@ def _fake_run(quality: dict[str, float], counter: list):
             sel = [r for r in rows if r["split"] == split]
             if cfg.data.partition == "loso" and split == "test":
                 sel = [r for r in sel if r["site"] == cfg.data.holdout_site]
-            with (out / f"predictions_{split}_best.csv").open("w", newline="") as fh:
+            with (out / f"predictions_{split}_best.csv").open(
+                "w", newline="", encoding="utf-8"
+            ) as fh:
                 w = csv.writer(fh)
                 w.writerow(["site", "patient_id", "study_id", "finding_id", "source", "label",
                             "score", "round"])  # fmt: skip
@@ -134,12 +136,13 @@ def _fake_run(quality: dict[str, float], counter: list):
                 )
                 + "\n"
                 for k in (1, 2)
-            )  # fmt: skip
+            ),  # fmt: skip
+            encoding="utf-8",
         )
         summary = {"kind": "federated", "val_auroc": 0.6 + 0.01 * q, "test_auroc": 0.7,
                    "trainable_params": 1000 if cfg.finetune.method == "full" else 5,
                    "uplink_mb_per_client_round": 0.001}  # fmt: skip
-        (out / "summary.json").write_text(json.dumps(summary))
+        (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
         return summary
 
     return run
@@ -151,18 +154,23 @@ def test_study_is_resumable_and_verdicts_come_from_the_data(tmp_path, cache, mon
     monkeypatch.setattr(runner, "run_function", lambda kind: _fake_run(quality, calls))
     config, out = _config(tmp_path, cache, "1e-3, 3e-3"), tmp_path / "out"
     sections = 'sections = ["backbone", "method", "aggregator"]\n'
-    config.write_text(config.read_text().replace('name = "test study"\n', sections))
+    config.write_text(
+        config.read_text(encoding="utf-8").replace('name = "test study"\n', sections),
+        encoding="utf-8",
+    )
     console = Console(record=True, width=200)
     page = runner.run_study(config, out, console=console)
     n_cells = len(list((out / "cells").iterdir()))
     assert len(calls) == n_cells == 2 * 9  # 9 arms (reference shared) x 2 learning rates
     # the higher LR always scores better on validation in the fake: it must be chosen
-    chosen = json.loads((out / "arms.json").read_text())
+    chosen = json.loads((out / "arms.json").read_text(encoding="utf-8"))
     assert chosen[REFERENCE]["cell"] == "reference@lr0.003"
-    claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
+    claims = {
+        c["id"]: c for c in json.loads((out / "claims.json").read_text(encoding="utf-8"))["claims"]
+    }
     assert claims["1"]["verdict"] == "reproduced"  # reference separates far better than both
     assert claims["2b"]["verdict"] == "reproduced"  # 5 vs 1000 trainable parameters
-    html = page.read_text()
+    html = page.read_text(encoding="utf-8")
     assert "reproduced" in html and 'src="http' not in html
     # second call: every cell is finished, nothing reruns
     calls.clear()
@@ -178,7 +186,9 @@ def test_preregistered_values_cannot_change_on_resume(tmp_path, cache, monkeypat
     monkeypatch.setattr(runner, "run_function", lambda kind: _fake_run({}, []))
     config, out = _config(tmp_path, cache), tmp_path / "out"
     runner.run_study(config, out, console=Console(quiet=True), report=False)
-    config.write_text(config.read_text().replace("alpha = 0.05", "alpha = 0.1"))
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("alpha = 0.05", "alpha = 0.1"), encoding="utf-8"
+    )
     with pytest.raises(ValueError, match="pre-registered"):
         runner.run_study(config, out, console=Console(quiet=True), report=False)
 

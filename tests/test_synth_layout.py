@@ -19,7 +19,7 @@ GLAND_DIR = "labels/anatomical_delineations/whole_gland/AI/Bosma22b"
 
 
 def _rows(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -32,7 +32,7 @@ def picai(tmp_path_factory):
 
 def test_picai_files_and_marksheet(picai):
     out, report = picai
-    with (out / "labels/clinical_information/marksheet.csv").open() as fh:
+    with (out / "labels/clinical_information/marksheet.csv").open(encoding="utf-8") as fh:
         header = fh.readline().strip().split(",")
     assert header == MARKSHEET_COLUMNS
     rows = _rows(out / "labels/clinical_information/marksheet.csv")

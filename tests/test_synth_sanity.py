@@ -129,7 +129,7 @@ def test_summary_dispatches_to_cache_summary(tmp_path, monkeypatch):
     fake = types.ModuleType("fedprostate.data.cache")
     fake.summarize_cache = lambda path: calls.append(path)
     monkeypatch.setitem(sys.modules, "fedprostate.data.cache", fake)
-    (tmp_path / "index.csv").write_text("row,site\n")
+    (tmp_path / "index.csv").write_text("row,site\n", encoding="utf-8")
     res = CliRunner().invoke(app, ["data", "summary", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert calls == [tmp_path]

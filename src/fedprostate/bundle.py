@@ -46,7 +46,7 @@ def read_bundle_meta(path: str | Path) -> dict:
     if not meta_path.is_file():
         raise BundleError(f"{meta_path}: not found (not a model bundle; see `fedprostate export`)")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{meta_path}: invalid JSON ({exc})") from exc
     missing = [k for k in REQUIRED_KEYS if k not in meta]

@@ -172,7 +172,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-        flat = flatten(tomllib.loads(Path(path).read_text())) if path else {}
+        flat = flatten(tomllib.loads(Path(path).read_text(encoding="utf-8"))) if path else {}
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep:

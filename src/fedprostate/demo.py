@@ -68,7 +68,7 @@ def load_demo_config(
     raw: dict = {}
     path = Path(path) if path else DEFAULT_CONFIG
     if path.exists():
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     elif path != DEFAULT_CONFIG:
         raise FileNotFoundError(f"{path}: no such demo configuration")
     plan_values = dict(raw.pop("demo", {}))
@@ -170,7 +170,7 @@ def _run_demo(out, config, overrides, quick, console) -> dict:
         import json
 
         console.print(f"[dim]{run_dir}: finished earlier, kept[/dim]")
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     else:
         from fedprostate.fl.simulation import federate
 
@@ -193,7 +193,7 @@ def _print_results(console: Console, run_dir: Path, timings: dict) -> None:
 
     from fedprostate.eval.report import fmt_ci
 
-    ev = json.loads((run_dir / "evaluation.json").read_text())
+    ev = json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
     table = Table(title="demo results (test split, 95% CI by patient bootstrap)")
     for col in ("model", "AUROC lesion", "AUROC patient", "AP lesion"):
         table.add_column(col)

@@ -250,6 +250,8 @@ def run_distillation(
     report = distill_report(
         teacher, students, cfg, n_boot=cfg.eval.n_boot, seed=cfg.seed, n_latency=n_latency
     )
-    (out / "distill_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "distill_report.md").write_text(report_markdown(report))
+    (out / "distill_report.json").write_text(
+        json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    (out / "distill_report.md").write_text(report_markdown(report), encoding="utf-8")
     return report

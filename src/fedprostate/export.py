@@ -45,7 +45,7 @@ class ExportError(ValueError):
 def read_predictions(path: Path) -> list[dict]:
     if not path.is_file():
         raise ExportError(f"{path}: not found (the run did not finish?)")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         row["label"] = int(row["label"])
@@ -75,7 +75,7 @@ def load_run_model(run_dir: str | Path):
         raise ExportError(f"{config}: not found (not a run folder)")
     cfg = RunConfig.load(config)
     summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     if summary.get("kind") == "local":
         raise ExportError(f"{run}: a local-only run has one model per site; export one of them")
     arrays, source = _best_weights(run, summary)
@@ -202,7 +202,7 @@ def export_run(
     }
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / WEIGHTS), metadata={"arch": cfg.model.arch})
-    (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     plain, _ = load_bundle(out)
     if "onnx" in formats:
         in_chans = 3 * n_slices
@@ -216,8 +216,10 @@ def export_run(
                 out / ONNX, ft.model, cfg.model.crop, in_chans
             ),
         }
-        (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / MODEL_CARD).write_text(model_card(cfg, meta, metrics, _data_summary(cfg), cache_meta))
+        (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out / MODEL_CARD).write_text(
+        model_card(cfg, meta, metrics, _data_summary(cfg), cache_meta), encoding="utf-8"
+    )
     return meta
 
 

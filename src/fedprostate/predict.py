@@ -262,13 +262,13 @@ def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "predictions.json", "csv": out / "predictions.csv"}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
-    with paths["csv"].open("w", newline="") as fh:
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=OUTPUT_COLUMNS)
         writer.writeheader()
         writer.writerows(result["findings"])
     paths["patients_csv"] = out / "patients.csv"
-    with paths["patients_csv"].open("w", newline="") as fh:
+    with paths["patients_csv"].open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(result["patients"][0]))
         writer.writeheader()
         writer.writerows(result["patients"])

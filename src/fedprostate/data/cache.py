@@ -61,7 +61,7 @@ def write_cache(
         _atomic(site_file(cache_dir, site), lambda p, d=data: save_file(d, str(p)))
 
     def write_index(path: Path) -> None:
-        with open(path, "w", newline="") as fh:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for r in rows:
@@ -71,7 +71,7 @@ def write_cache(
     full = {**meta, "version": VERSION}
     _atomic(
         cache_dir / "meta.json",
-        lambda p: p.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n"),
+        lambda p: p.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n", encoding="utf-8"),
     )
 
 
@@ -89,21 +89,21 @@ class RejectedLog:
     def __init__(self, cache_dir: str | Path):
         self.path = Path(cache_dir) / "rejected.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as fh:
+        with open(self.path, "w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerow(REJECTED_COLUMNS)
 
     def add(self, path: str, patient_id: str, study_id: str, reason: str) -> None:
-        with open(self.path, "a", newline="") as fh:
+        with open(self.path, "a", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerow([path, patient_id, study_id, reason])
 
 
 def load_meta(cache_dir: str | Path) -> dict:
-    return json.loads((Path(cache_dir) / "meta.json").read_text())
+    return json.loads((Path(cache_dir) / "meta.json").read_text(encoding="utf-8"))
 
 
 def load_index(cache_dir: str | Path) -> list[dict]:
     """Index rows with typed values (int / float; empty psad or adc_mean -> None)."""
-    with open(Path(cache_dir) / "index.csv", newline="") as fh:
+    with open(Path(cache_dir) / "index.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         for k in _INT:
@@ -117,7 +117,7 @@ def load_rejected(cache_dir: str | Path) -> list[dict]:
     path = Path(cache_dir) / "rejected.csv"
     if not path.exists():
         return []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 

@@ -19,7 +19,7 @@ STUDIES = Path("truth/studies.csv")
 def read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is this a `fedprostate data synth` output?")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 

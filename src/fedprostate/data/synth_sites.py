@@ -150,7 +150,7 @@ def write_sites_csv(path: Path, profiles: list[SiteProfile]) -> None:
         "prevalence", "n_patients", "t2_scale", "dwi_scale", "bias_strength", "endorectal_coil",
         "oblique_fraction", "snr_t2", "snr_dwi",
     ]  # fmt: skip
-    with path.open("w", newline="") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for p in profiles:

@@ -210,7 +210,9 @@ def write_run_report(
             note=True,
         )
     run_section(doc, data, evaluation, Path(run_dir) / "plots", "Results")
-    (Path(run_dir) / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=str))
+    (Path(run_dir) / "evaluation.json").write_text(
+        json.dumps(evaluation, indent=1, default=str), encoding="utf-8"
+    )
     _, page = doc.write(run_dir)
     return page
 

@@ -32,7 +32,7 @@ def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such predictions file")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     out = []
     for r in rows:
@@ -83,12 +83,14 @@ def load_run(run_dir: str | Path, cache: str | Path | None = None) -> RunData:
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise FileNotFoundError(f"{run_dir}: no summary.json (not a finished run folder)")
-    config = tomllib.loads((run_dir / "config.toml").read_text())
-    summary = json.loads(summary_path.read_text())
+    config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
     rounds = []
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
-        rounds = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        rounds = [
+            json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()
+        ]
     test = read_predictions(run_dir / "predictions_test_best.csv")
     val_path = run_dir / "predictions_val_best.csv"
     val = read_predictions(val_path) if val_path.exists() else []

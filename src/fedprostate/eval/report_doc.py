@@ -115,8 +115,8 @@ class Doc:
         """Write ``report.md`` and ``report.html`` into ``folder``; returns both paths."""
         folder = Path(folder)
         md, page = folder / "report.md", folder / "report.html"
-        md.write_text(self.to_markdown(folder))
-        page.write_text(self.to_html())
+        md.write_text(self.to_markdown(folder), encoding="utf-8")
+        page.write_text(self.to_html(), encoding="utf-8")
         return md, page
 
 

@@ -86,8 +86,8 @@ ARM_HEADER = ["arm", "cell", "AUROC lesion", "AUROC patient", "MB up/client/roun
 def build_study_doc(study_dir: Path) -> Doc:
     from fedprostate.study.claims import evaluate_claims
 
-    plan = json.loads((study_dir / "study.json").read_text())
-    chosen = json.loads((study_dir / "arms.json").read_text())
+    plan = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
+    chosen = json.loads((study_dir / "arms.json").read_text(encoding="utf-8"))
     n_boot = int(plan["preregistered"].get("n_boot", 1000))
     prereg = _prereg(plan["preregistered"], n_boot)
     arms = {a["id"]: a for a in plan["arms"]}
@@ -98,7 +98,9 @@ def build_study_doc(study_dir: Path) -> Doc:
     claims = evaluate_claims(
         {a: r.test for a, r in runs.items()}, {a: r.summary for a, r in runs.items()}, prereg
     )
-    (study_dir / "claims.json").write_text(json.dumps(claims, indent=1, default=str))
+    (study_dir / "claims.json").write_text(
+        json.dumps(claims, indent=1, default=str), encoding="utf-8"
+    )
     labels = {a: arms[a]["label"] or a for a in arms}
     figdir = study_dir / "plots"
     figdir.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def app_dir() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:
         pyproject = parent / "pyproject.toml"
-        if pyproject.exists() and "[tool.flwr.app]" in pyproject.read_text():
+        if pyproject.exists() and "[tool.flwr.app]" in pyproject.read_text(encoding="utf-8"):
             return parent
     return Path()
 
@@ -78,7 +78,7 @@ def write_app_dir(out: Path) -> Path:
             }
         },
     }
-    (out / "pyproject.toml").write_text(tomli_w.dumps(doc))
+    (out / "pyproject.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
     return out
 
 
@@ -88,7 +88,7 @@ def app_config_keys(app: Path) -> list[str]:
 
     from fedprostate.config import flatten
 
-    doc = tomllib.loads((app / "pyproject.toml").read_text())
+    doc = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
     return list(flatten(doc["tool"]["flwr"]["app"].get("config", {})))
 
 
@@ -148,7 +148,7 @@ class LocalDeployment:
                 },
             }
         }
-        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
+        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
 
     # ---- SuperLink -----------------------------------------------------------------------
     def start_superlink(self, timeout: float = 90.0) -> ManagedProcess:
@@ -268,7 +268,7 @@ class LocalDeployment:
 
     def write_run_config(self, cfg: RunConfig) -> Path:
         path = self.root / "run_config.toml"
-        path.write_text(tomli_w.dumps(nest(cfg.to_flat())))
+        path.write_text(tomli_w.dumps(nest(cfg.to_flat())), encoding="utf-8")
         return path
 
     def submit(self, cfg: RunConfig) -> ManagedProcess:
@@ -303,7 +303,7 @@ class LocalDeployment:
                 f"the run ended without writing {summary}; logs in {self.logs}:\n"
                 + proc.log_text()[-3000:]
             )
-        return json.loads(summary.read_text())
+        return json.loads(summary.read_text(encoding="utf-8"))
 
     # ---- shutdown ------------------------------------------------------------------------
     def close(self) -> None:

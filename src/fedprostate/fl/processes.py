@@ -88,7 +88,7 @@ class ManagedProcess:
     def log_text(self) -> str:
         if not self._log.closed:
             self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace", encoding="utf-8")
 
     def wait_for_log(self, needle: str, timeout: float) -> bool:
         """True once ``needle`` appears in the log; False on timeout or if the process exited."""

@@ -24,7 +24,7 @@ PREDICTION_COLUMNS = ("site", "patient_id", "study_id", "finding_id", "source", 
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -68,7 +68,7 @@ class RunRecorder:
             tensors = meta_path.with_suffix(".safetensors")
             if not tensors.exists():
                 continue
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             state_path = meta_path.with_name(meta_path.stem + "_strategy.safetensors")
             state = (
                 load_file(str(state_path)) if keep_strategy_state and state_path.exists() else {}
@@ -77,7 +77,7 @@ class RunRecorder:
         return None
 
     def append_round(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as fh:
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=_json_default) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -88,7 +88,7 @@ class RunRecorder:
             return
         kept = [
             line
-            for line in self.metrics_path.read_text().splitlines()
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line)["round"] <= last_round
         ]
         atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
@@ -97,14 +97,16 @@ class RunRecorder:
         if not self.metrics_path.exists():
             return []
         return [
-            json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()
+            json.loads(line)
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
         ]
 
     # ---- end of run ----------------------------------------------------------------------
     def write_predictions(self, split: str, tag: str, rows: list[dict[str, Any]]) -> Path:
         path = self.dir / f"predictions_{split}_{tag}.csv"
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as fh:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(
                 fh, fieldnames=[*PREDICTION_COLUMNS, "round"], extrasaction="ignore"
             )

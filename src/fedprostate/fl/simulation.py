@@ -51,4 +51,4 @@ def federate(cfg: RunConfig, out: str | Path, resume: bool = False, verbose: boo
         raise RuntimeError(
             f"the federated run ended without writing {summary_path}; see the log above"
         )
-    return json.loads(summary_path.read_text())
+    return json.loads(summary_path.read_text(encoding="utf-8"))

@@ -56,7 +56,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 def checkpoint_meta(path: str | Path) -> dict | None:
     """The JSON metadata written next to a checkpoint by ``save_checkpoint``, if any."""
     meta_path = Path(path).with_suffix(".json")
-    return json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    return json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
 
 
 def remap_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,5 +189,7 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict, meta: dict) -> di
     full_meta = {"channels": CHANNELS, **meta, "sha256": backbone_sha256(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"arch": str(meta["arch"]), "sha256": full_meta["sha256"]})
-    path.with_suffix(".json").write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
+    path.with_suffix(".json").write_text(
+        json.dumps(full_meta, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     return full_meta

@@ -90,7 +90,7 @@ class StudyConfig:
     def load(cls, path: str | Path) -> StudyConfig:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"{path}: cannot read study config ({exc})") from None
         return cls.from_dict(raw, source=str(path))

@@ -60,7 +60,7 @@ def raw_source(cfg: StudyConfig, out: Path) -> Path:
         meta = Path(cfg.data.cache) / "meta.json"
         if not meta.exists():
             raise FileNotFoundError(f"data.cache {cfg.data.cache}: no meta.json there")
-        src = json.loads(meta.read_text()).get("src", "")
+        src = json.loads(meta.read_text(encoding="utf-8")).get("src", "")
         return Path(src) if src else Path(cfg.data.cache)
     return out / "data" / "raw"
 

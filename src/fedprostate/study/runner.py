@@ -51,7 +51,9 @@ def planned_paths(cfg: StudyConfig, out: Path) -> StudyPaths:
     lesion = cfg.data.cache or str((data / "lesion").resolve())
     organ = cfg.data.organ_cache or str((data / "organ").resolve())
     if cfg.data.cache and (Path(cfg.data.cache) / "meta.json").exists():
-        sites = tuple(json.loads((Path(cfg.data.cache) / "meta.json").read_text())["sites"])
+        sites = tuple(
+            json.loads((Path(cfg.data.cache) / "meta.json").read_text(encoding="utf-8"))["sites"]
+        )
     else:
         from fedprostate.data.synth_sites import make_site_profiles
 
@@ -130,7 +132,7 @@ def check_preregistration(cfg: StudyConfig, out: Path) -> None:
     """Write the pre-registered values once; a resumed study must not change them."""
     path = out / "study.json"
     if path.exists():
-        saved = json.loads(path.read_text()).get("preregistered")
+        saved = json.loads(path.read_text(encoding="utf-8")).get("preregistered")
         if saved is not None and saved != cfg.preregistered():
             raise ValueError(
                 f"{path}: pre-registered values {saved} differ from the config's "
@@ -152,7 +154,7 @@ def write_plan(cfg: StudyConfig, arms: list[Arm], cells: list[Cell], out: Path) 
             for a in arms
         ],
     }  # fmt: skip
-    (out / "study.json").write_text(json.dumps(plan, indent=1))
+    (out / "study.json").write_text(json.dumps(plan, indent=1), encoding="utf-8")
 
 
 def run_cells(cells: list[Cell], out: Path, console: Console) -> dict[str, str]:
@@ -181,7 +183,7 @@ def choose_arms(arms: list[Arm], cells: list[Cell], out: Path) -> dict[str, dict
             summary_path = c.folder(out) / "summary.json"
             if not summary_path.exists():
                 continue
-            summary = json.loads(summary_path.read_text())
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
             val = summary.get("val_auroc", summary.get("mean_pooled_test_auroc"))
             if summary.get("kind") == "local":  # no pooled validation score: use own-site test
                 val = summary.get("test_auroc")
@@ -236,7 +238,9 @@ def run_study(
     write_plan(cfg, arms, cells, out)
     prepare_inputs(cfg, out, paths, console)
     run_cells(cells, out, console)
-    (out / "arms.json").write_text(json.dumps(choose_arms(arms, cells, out), indent=1))
+    (out / "arms.json").write_text(
+        json.dumps(choose_arms(arms, cells, out), indent=1), encoding="utf-8"
+    )
     if not report:
         return None
     from fedprostate.eval.report import write_study_report
