@@ -89,9 +89,8 @@ def test_pretrain_command_writes_checkpoint_metadata_and_curve(tmp_path):
 
 def test_pretrain_command_reads_a_folder_of_unlabeled_studies_without_labels(tmp_path):
     import fedprostate.commands.pretrain  # noqa: F401  registers the command
-    from mri_fixtures import picai_phantoms, write_picai
-
     from fedprostate.cli_app import app
+    from mri_fixtures import picai_phantoms, write_picai
 
     root = write_picai(tmp_path / "raw", picai_phantoms(2))
     (root / "labels").rename(tmp_path / "hidden_labels")  # labels are never read

@@ -135,7 +135,7 @@ def plot_auroc_vs_round(
         ax.plot(rounds, values, marker=".", label=arm)
     ax.set(
         xlabel="round",
-        ylabel=f"validation {metric.upper()}",
+        ylabel=metric.upper(),
         title=title or f"{metric.upper()} vs round",
     )
     ax.legend(fontsize=8)
