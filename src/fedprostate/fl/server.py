@@ -46,6 +46,8 @@ class BenchmarkScorer:
             preds[split] = prediction_rows(ds.rows, scores, server_round)
         entry = {"round": server_round, "metrics": out, "predictions": preds}
         self.last = entry
+        if server_round == 0:  # the untrained starting point is scored, never chosen
+            return out
         val = out["val"]["auroc"]
         if self.best is None or (
             np.isfinite(val) and not val <= self.best["metrics"]["val"]["auroc"]
