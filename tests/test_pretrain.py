@@ -95,9 +95,25 @@ def test_pretrain_command_reads_a_folder_of_unlabeled_studies_without_labels(tmp
     root = write_picai(tmp_path / "raw", picai_phantoms(2))
     (root / "labels").rename(tmp_path / "hidden_labels")  # labels are never read
     out = tmp_path / "f.safetensors"
-    result = CliRunner().invoke(app, ["pretrain", "--data", str(root), "--arch", "swin_test",
-                                      "--crop", "32", "--epochs", "1", "--batch-size", "4",
-                                      "--out", str(out), "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(root),
+            "--arch",
+            "swin_test",
+            "--crop",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["pretrain"]["n_crops"] > 0 and meta["crop"] == 32

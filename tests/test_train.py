@@ -99,3 +99,18 @@ def test_predict_scores_are_probabilities_in_dataset_order(setup):
     scores, labels = predict_scores(model, ds)
     assert scores.shape == (len(ds),) and ((scores >= 0) & (scores <= 1)).all()
     assert list(labels) == [int(r["label"]) for r in ds.rows]
+
+
+def test_a_run_starts_from_the_initial_weights_even_after_the_cached_model_was_loaded(setup):
+    """The per-process model cache is reused by later runs: their start must not be its state."""
+    cfg, _ = setup
+    first = task.build_model(cfg)
+    start = {k: v.copy() for k, v in first.initial_communicated.items()}
+    task.load_communicated(first.ft, {k: v + 1.0 for k, v in start.items()})  # a scored round
+    again = task.build_model(cfg)
+    assert again is first  # cached
+    for k, v in start.items():
+        np.testing.assert_array_equal(again.initial_communicated[k], v)
+    fresh = task.build_model(cfg, fresh=True)
+    for k, v in fresh.initial_communicated.items():
+        np.testing.assert_array_equal(v, start[k])

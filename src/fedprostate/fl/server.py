@@ -63,7 +63,7 @@ def run_server(grid, cfg: RunConfig) -> dict:
     recorder = RunRecorder(Path(cfg.out))
     bundle = task.build_model(cfg)
     shapes = task.communicated_shapes(bundle.ft)
-    arrays = task.communicated_numpy(bundle.ft)
+    arrays = dict(bundle.initial_communicated)
     simulation = bool(cfg.data.cache)
     num_clients = len(task.client_names(cfg)) if simulation else cfg.fl.min_available_nodes
     strategy = make_strategy(cfg, num_clients)

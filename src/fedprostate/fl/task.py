@@ -49,10 +49,15 @@ class ModelBundle:
     ft: Finetuned
     foundation_sha256: str  # hash of the backbone weights every participant must share
     initial_local: dict[str, torch.Tensor]  # starting values of trained-but-local tensors
+    # Starting values of the communicated tensors, copied at build time: ``ft`` is cached per
+    # process and later loaded with other weights, so a run must never start from ``ft`` itself.
+    initial_communicated: dict[str, np.ndarray]
 
 
 def _model_key(cfg: RunConfig) -> str:
-    return repr((cfg.seed, cfg.model, cfg.finetune))
+    foundation = Path(cfg.model.foundation)
+    stamp = foundation.stat().st_mtime_ns if cfg.model.foundation and foundation.exists() else 0
+    return repr((cfg.seed, cfg.model, cfg.finetune, stamp))
 
 
 _MODELS: dict[str, ModelBundle] = {}
@@ -77,7 +82,10 @@ def build_model(cfg: RunConfig, fresh: bool = False) -> ModelBundle:
     ft = build_finetune(backbone, cfg.model.arch, finetune_spec(cfg))
     state = ft.model.state_dict()
     bundle = ModelBundle(
-        ft=ft, foundation_sha256=sha, initial_local={n: state[n].detach().clone() for n in ft.local}
+        ft=ft,
+        foundation_sha256=sha,
+        initial_local={n: state[n].detach().clone() for n in ft.local},
+        initial_communicated=communicated_numpy(ft),
     )
     if not fresh:
         _MODELS[key] = bundle
