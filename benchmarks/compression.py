@@ -14,7 +14,6 @@ cumulative MB (up + down, all clients) until the pooled validation AUROC first r
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from fedprostate.config import RunConfig
 from fedprostate.eval.bootstrap import bootstrap_ci
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
 from fedprostate.eval.plots import plot_auroc_vs_mb
+from fedprostate.eval.report_data import read_predictions
 from fedprostate.fl.simulation import federate
 
 ALPHA, MARGIN = 0.05, 0.02
@@ -42,14 +42,6 @@ ARMS = {
     "lora-top10-int4-ef": ("lora", "topk:0.1+int4:block=64", True),
     "ffa-top10-int4-ef": ("ffa-lora", "topk:0.1+int4:block=64", True),
 }
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        r["label"], r["score"] = int(r["label"]), float(r["score"])
-    return rows
 
 
 def run_arm(base: RunConfig, name: str, work: Path) -> Path:
@@ -76,7 +68,7 @@ def arm_result(run: Path, target: float, reference: list[dict] | None) -> dict:
             curve.append((max(cum, 1e-6), entry["test"]["auroc"]))
             if cum_at_target is None and entry["round"] > 0 and entry["val"]["auroc"] >= target:
                 cum_at_target = cum
-    test = read_rows(run / "predictions_test_best.csv")
+    test = read_predictions(run / "predictions_test_best.csv")
     ci = bootstrap_ci(
         [r["label"] for r in test],
         [r["score"] for r in test],

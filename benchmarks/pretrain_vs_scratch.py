@@ -22,17 +22,8 @@ from rich.table import Table
 from fedprostate.demo import load_demo_config
 from fedprostate.eval.bootstrap import bootstrap_ci
 from fedprostate.eval.compare import compare_models
+from fedprostate.eval.report_data import read_predictions
 from fedprostate.fl.simulation import federate
-
-
-def _rows(path: Path) -> list[dict]:
-    import csv
-
-    with path.open(encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        r["label"], r["score"] = int(r["label"]), float(r["score"])
-    return rows
 
 
 def main() -> None:
@@ -78,7 +69,7 @@ def main() -> None:
                 ),
                 None,
             )
-            test = _rows(run / "predictions_test_best.csv")
+            test = read_predictions(run / "predictions_test_best.csv")
             ci = bootstrap_ci(
                 [r["label"] for r in test],
                 [r["score"] for r in test],
