@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedprostate.config import RunConfig
-from fedprostate.eval.bootstrap import bootstrap_ci
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
+from fedprostate.eval.metrics import auroc_ci
 from fedprostate.eval.plots import plot_auroc_vs_mb
 from fedprostate.eval.report_data import read_predictions
 from fedprostate.fl.simulation import federate
@@ -69,13 +69,7 @@ def arm_result(run: Path, target: float, reference: list[dict] | None) -> dict:
             if cum_at_target is None and entry["round"] > 0 and entry["val"]["auroc"] >= target:
                 cum_at_target = cum
     test = read_predictions(run / "predictions_test_best.csv")
-    ci = bootstrap_ci(
-        [r["label"] for r in test],
-        [r["score"] for r in test],
-        [f"{r['site']}/{r['patient_id']}" for r in test],
-        n_boot=1000,
-        seed=0,
-    )
+    ci = auroc_ci(test)
     out = {
         "up_mb": summary["uplink_mb_per_client_round"],
         "down_mb": summary["downlink_mb_per_client_round"],

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedprostate.demo import load_demo_config
-from fedprostate.eval.bootstrap import bootstrap_ci
 from fedprostate.eval.compare import compare_models
+from fedprostate.eval.metrics import auroc_ci
 from fedprostate.eval.report_data import read_predictions
 from fedprostate.fl.simulation import federate
 
@@ -70,12 +70,7 @@ def main() -> None:
                 None,
             )
             test = read_predictions(run / "predictions_test_best.csv")
-            ci = bootstrap_ci(
-                [r["label"] for r in test],
-                [r["score"] for r in test],
-                [f"{r['site']}/{r['patient_id']}" for r in test],
-                n_boot=1000,
-            )
+            ci = auroc_ci(test)
             summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
             results[name] = {
                 "val": summary["val_auroc"],

@@ -183,6 +183,11 @@ def _ranking_cis(rows, n_boot, seed, level) -> dict:
     return out
 
 
+def auroc_ci(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Lesion-level AUROC of prediction rows with its patient-bootstrap CI (estimate, low, high)."""
+    return _ranking_cis(rows, n_boot, seed, level)["auroc"]
+
+
 def _threshold_cis(y, s, pids, threshold, n_boot, seed, level) -> dict:
     predicted = s >= threshold
 
