@@ -24,9 +24,9 @@ from rich.table import Table
 from fedprostate.config import RunConfig
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
 from fedprostate.eval.metrics import auroc_ci
-from fedprostate.eval.plots import plot_auroc_vs_mb
-from fedprostate.eval.report_data import read_predictions
 from fedprostate.fl.simulation import federate
+from fedprostate.report.plots import plot_auroc_vs_mb
+from fedprostate.report.run_data import read_predictions
 
 ALPHA, MARGIN = 0.05, 0.02
 # arm name → (fine-tuning method, uplink codec, error feedback)
@@ -108,7 +108,7 @@ def main() -> None:
     cache = args.cache
     if cache is None:
         from fedprostate.data.prepare import prepare
-        from fedprostate.data.synth import synthesize
+        from fedprostate.data.synth.federation import synthesize
 
         cache = args.work / "cache"
         if not (cache / "index.csv").exists():

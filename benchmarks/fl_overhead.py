@@ -25,10 +25,10 @@ from rich.table import Table
 
 from fedprostate.config import RunConfig
 from fedprostate.data.prepare import prepare
-from fedprostate.data.synth import synthesize
-from fedprostate.fl import task
+from fedprostate.data.synth.federation import synthesize
+from fedprostate.engine import setup
+from fedprostate.engine.loop import train_local
 from fedprostate.fl.simulation import federate
-from fedprostate.train import train_local
 
 
 def main() -> None:
@@ -70,17 +70,17 @@ def main() -> None:
     )
 
     # Pure local training: the same clients, the same loop, no Flower.
-    names = task.client_names(cfg)
+    names = setup.client_names(cfg)
     local_s = []
     for r in range(1, args.rounds + 1):
         t0 = time.perf_counter()
         for name in names:
-            bundle = task.build_model(cfg)
+            bundle = setup.build_model(cfg)
             train_local(
                 bundle.ft.model,
-                task.client_dataset(cfg, name, "train"),
+                setup.client_dataset(cfg, name, "train"),
                 cfg.train,
-                seed=task.client_seed(cfg, r, name),
+                seed=setup.client_seed(cfg, r, name),
             )
         local_s.append(time.perf_counter() - t0)
 
@@ -104,7 +104,7 @@ def main() -> None:
     )
     for col in ("quantity", "value"):
         table.add_column(col)
-    n_train = sum(len(task.client_dataset(cfg, n, "train")) for n in names)
+    n_train = sum(len(setup.client_dataset(cfg, n, "train")) for n in names)
     table.add_row("training crops per round (all sites)", str(n_train))
     table.add_row("pure local training per round, median (s)", f"{local_med:.2f}")
     table.add_row(

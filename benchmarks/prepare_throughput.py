@@ -32,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = args.src
         if src is None:
-            from fedprostate.data.synth import synthesize
+            from fedprostate.data.synth.federation import synthesize
 
             src = Path(tmp) / "raw"
             t0 = time.perf_counter()

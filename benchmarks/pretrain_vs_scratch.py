@@ -22,8 +22,8 @@ from rich.table import Table
 from fedprostate.demo import load_demo_config
 from fedprostate.eval.compare import compare_models
 from fedprostate.eval.metrics import auroc_ci
-from fedprostate.eval.report_data import read_predictions
 from fedprostate.fl.simulation import federate
+from fedprostate.report.run_data import read_predictions
 
 
 def main() -> None:

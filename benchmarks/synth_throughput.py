@@ -11,7 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from fedprostate.data.synth import synthesize
+from fedprostate.data.synth.federation import synthesize
 
 
 def measure(out: Path, **kwargs) -> dict:

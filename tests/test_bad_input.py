@@ -5,8 +5,8 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 
 from fedprostate.data.cache import load_index, load_rejected
+from fedprostate.data.formats.base import DataFormatError
 from fedprostate.data.prepare import prepare
-from fedprostate.data.readers import DataFormatError
 from fedprostate.data.study import StudyError
 from mri_fixtures import CENTRE, Phantom, picai_phantoms, write_generic, write_picai
 

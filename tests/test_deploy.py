@@ -14,8 +14,8 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from fedprostate.cli import app
-from fedprostate.fl.certs import make_node_keys, make_server_certificates
-from fedprostate.fl.deployment import LocalDeployment
+from fedprostate.fl.deploy.certs import make_node_keys, make_server_certificates
+from fedprostate.fl.deploy.deployment import LocalDeployment
 from fedprostate.fl.simulation import federate
 from fl_fixtures import tiny_config, write_tiny_cache
 
@@ -74,7 +74,7 @@ def test_deploy_local_over_tls_with_auth_matches_simulation(tmp_path):
         initial_gap = max(initial_gap, float(np.abs(deployed[name]).max()))
     assert initial_gap > 0  # a real model, not an empty comparison
     # Every process is gone: nothing listens on the SuperLink's port any more.
-    from fedprostate.fl.processes import port_open
+    from fedprostate.fl.deploy.processes import port_open
 
     config = (out / "deployment" / "flwr" / "config.toml").read_text(encoding="utf-8")
     port = int(config.split("127.0.0.1:")[1].split('"')[0])

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from fedprostate.cli import app
 from fedprostate.config import RunConfig, flatten
-from fedprostate.fl.certs import (
+from fedprostate.fl.deploy.certs import (
     certificate_expiry,
     make_node_keys,
     make_server_certificates,
     renew_server_certificate,
 )
-from fedprostate.fl.deployment import node_config_text
+from fedprostate.fl.deploy.deployment import node_config_text
 
 ROOT = Path(__file__).resolve().parents[1]
 

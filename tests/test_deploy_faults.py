@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedprostate.fl.deployment import LocalDeployment, deployment_config
+from fedprostate.fl.deploy.deployment import LocalDeployment, deployment_config
 from fl_fixtures import tiny_config, write_tiny_cache
 
 pytestmark = pytest.mark.slow

@@ -12,16 +12,16 @@ import torch
 from safetensors.numpy import load_file
 
 from fedprostate.config import TrainConfig
-from fedprostate.distill import (
+from fedprostate.engine.loop import kd_loss, train_local
+from fedprostate.runs.distill import (
     distill_report,
     footprint,
     load_teacher,
     report_markdown,
     student_config,
 )
-from fedprostate.export import export_run, read_predictions
-from fedprostate.pooled import centralize
-from fedprostate.train import kd_loss, train_local
+from fedprostate.runs.export import export_run, read_predictions
+from fedprostate.runs.pooled import centralize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fl_fixtures import tiny_config, write_tiny_cache  # noqa: E402
@@ -101,7 +101,7 @@ def test_load_teacher_is_frozen_and_matches_bundle(teacher):
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
     assert not any("lora" in k for k in model.state_dict())
-    from fedprostate.bundle import load_bundle
+    from fedprostate.models.bundle import load_bundle
 
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

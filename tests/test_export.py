@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from fedprostate.bundle import BundleError, load_bundle
 from fedprostate.data.cache import CropDataset, load_index
+from fedprostate.engine.setup import build_model, load_communicated
 from fedprostate.eval.metrics import choose_threshold
-from fedprostate.export import export_run, onnx_logits, read_predictions
-from fedprostate.fl.task import build_model, load_communicated
 from fedprostate.models.backbones import create_backbone, input_conv_key
-from fedprostate.pooled import centralize
+from fedprostate.models.bundle import BundleError, load_bundle
+from fedprostate.runs.export import export_run, onnx_logits, read_predictions
+from fedprostate.runs.pooled import centralize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fl_fixtures import tiny_config, write_tiny_cache  # noqa: E402
@@ -99,13 +99,13 @@ def test_running_a_bundle_does_not_import_peft(lora):
                     raise ImportError("peft is blocked in this test")
         sys.meta_path.insert(0, Block())
         import numpy as np, torch
-        from fedprostate.bundle import load_bundle, predict_proba
-        from fedprostate.distill import load_teacher
+        from fedprostate.models.bundle import load_bundle, predict_proba
+        from fedprostate.runs.distill import load_teacher
         model, meta = load_bundle({str(bundle)!r})
         x = np.random.default_rng(0).normal(0.5, 0.2, (3, 3, 32, 32)).astype(np.float32)
         p = predict_proba(model, x)
         load_teacher({str(bundle)!r})
-        import fedprostate.predict
+        import fedprostate.runs.predict
         assert not any(m == "peft" or m.startswith("peft.") for m in sys.modules), "peft loaded"
         print("OK", p.round(6).tolist())
         """
@@ -115,7 +115,7 @@ def test_running_a_bundle_does_not_import_peft(lora):
     assert proc.stdout.startswith("OK")
     # the block really works: importing the peft-based fine-tuning code fails under it
     blocked = code.replace(
-        "from fedprostate.bundle", "import fedprostate.models.finetune\nfrom fedprostate.bundle"
+        "from fedprostate.models.bundle", "import fedprostate.models.finetune\nfrom fedprostate.models.bundle"
     )
     assert subprocess.run([sys.executable, "-c", blocked], capture_output=True).returncode != 0
 

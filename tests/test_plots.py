@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedprostate.eval.metrics import evaluate_predictions
-from fedprostate.eval.plots import (
+from fedprostate.report.plots import (
     pareto_front,
     plot_auroc_vs_mb,
     plot_auroc_vs_round,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fedprostate.pooled import centralize, local_only
+from fedprostate.runs.pooled import centralize, local_only
 from fl_fixtures import tiny_config, write_tiny_cache
 
 

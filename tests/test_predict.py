@@ -13,10 +13,10 @@ import pytest
 
 from fedprostate.data.cache import CropDataset, load_index
 from fedprostate.data.prepare import prepare
-from fedprostate.export import export_run
-from fedprostate.fl.task import build_model, load_communicated
-from fedprostate.pooled import centralize
-from fedprostate.train import predict_scores
+from fedprostate.engine.loop import predict_scores
+from fedprostate.engine.setup import build_model, load_communicated
+from fedprostate.runs.export import export_run
+from fedprostate.runs.pooled import centralize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fl_fixtures import tiny_config  # noqa: E402
@@ -77,7 +77,7 @@ def test_predict_plain_image_paths_and_coordinates(trained, tmp_path):
     patient = "10004"
     key = f"{patient}_{1000004}"
     # the cached findings' world positions, as a reader would give them to a radiologist
-    from fedprostate.predict import resolve_studies
+    from fedprostate.runs.predict import resolve_studies
 
     study = resolve_studies(raw / "images" / patient, seed=0, negatives=2)[0]
     table = tmp_path / "findings.csv"
@@ -87,7 +87,7 @@ def test_predict_plain_image_paths_and_coordinates(trained, tmp_path):
         for f in study.findings:
             seqs = [str(raw / "images" / patient / f"{key}_{s}.mha") for s in ("t2w", "adc", "hbv")]
             writer.writerow([patient, f.finding_id, *seqs, *f.world_mm])
-    from fedprostate.predict import predict
+    from fedprostate.runs.predict import predict
 
     result = predict(root / "bundle", findings=table)
     got = {r["finding_id"]: r["score"] for r in result["findings"]}
@@ -119,7 +119,7 @@ def test_predict_unreadable_study_exits_2_naming_the_file(trained, tmp_path):
 
 
 def test_bundle_scores_are_deterministic_probabilities(trained):
-    from fedprostate.bundle import load_bundle, predict_proba
+    from fedprostate.models.bundle import load_bundle, predict_proba
 
     root, _, _ = trained
     model, meta = load_bundle(root / "bundle")

@@ -5,9 +5,9 @@ import SimpleITK as sitk  # noqa: N813
 
 from fedprostate.data.cache import load_index
 from fedprostate.data.crops import CropSpec, crop_at
+from fedprostate.data.formats.base import list_studies, load_study
 from fedprostate.data.prepare import prepare
 from fedprostate.data.preprocess import fit_normalization
-from fedprostate.data.readers import list_studies, load_study
 from mri_fixtures import (
     CENTRE,
     PROSTATEX_COLUMNS,

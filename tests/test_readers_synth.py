@@ -19,7 +19,7 @@ def read(path):
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    synth = pytest.importorskip("fedprostate.data.synth")
+    synth = pytest.importorskip("fedprostate.data.synth.federation")
     out = tmp_path_factory.mktemp("synth") / "raw"
     synth.synthesize(out, sites=3, patients=30, seed=0, preset="small", layout="picai", unlabeled=0)
     return out

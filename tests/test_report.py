@@ -11,15 +11,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from fedprostate.eval.report import fmt_ci, write_run_report
-from fedprostate.eval.report_data import load_run
-from fedprostate.eval.report_doc import Doc
+from fedprostate.report.document import Doc
+from fedprostate.report.run_data import load_run
+from fedprostate.report.run_report import fmt_ci, write_run_report
 from fl_fixtures import tiny_config, write_tiny_cache
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from fedprostate.pooled import centralize
+    from fedprostate.runs.pooled import centralize
 
     root = tmp_path_factory.mktemp("report")
     cache = write_tiny_cache(root / "cache", patients_per_site=15)

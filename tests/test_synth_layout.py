@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813 (the library's own convention)
 
-from fedprostate.data.synth import plan_site, synthesize
-from fedprostate.data.synth_sites import make_site_profiles
-from fedprostate.data.synth_study import generate_study
-from fedprostate.data.synth_writers import MARKSHEET_COLUMNS, write_prostatex_study
+from fedprostate.data.synth.exam import generate_study
+from fedprostate.data.synth.federation import plan_site, synthesize
+from fedprostate.data.synth.sites import make_site_profiles
+from fedprostate.data.synth.writers import MARKSHEET_COLUMNS, write_prostatex_study
 
 LESION_DIR = "labels/csPCa_lesion_delineations/human_expert/resampled"
 GLAND_DIR = "labels/anatomical_delineations/whole_gland/AI/Bosma22b"

@@ -8,16 +8,16 @@ import pytest
 import SimpleITK as sitk  # noqa: N813 (the library's own convention)
 from typer.testing import CliRunner
 
-from fedprostate.data.summary import (
+from fedprostate.data.synth.exam import generate_study
+from fedprostate.data.synth.federation import patient_rng, plan_site, synthesize
+from fedprostate.data.synth.sites import make_site_profiles
+from fedprostate.data.synth.summary import (
     adc_rule_scores,
     adc_to_micro,
     mean_in_ball,
     rule_auroc,
     summarize_raw,
 )
-from fedprostate.data.synth import patient_rng, plan_site, synthesize
-from fedprostate.data.synth_sites import make_site_profiles
-from fedprostate.data.synth_study import generate_study
 
 
 def _fast_adc_rule(per_site: int, seed: int = 0):

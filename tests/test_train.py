@@ -7,25 +7,31 @@ import pytest
 import torch
 
 from fedprostate.config import TrainConfig
-from fedprostate.fl import task
-from fedprostate.train import augment_batch, class_weights, kd_loss, predict_scores, train_local
+from fedprostate.engine import setup
+from fedprostate.engine.loop import (
+    augment_batch,
+    class_weights,
+    kd_loss,
+    predict_scores,
+    train_local,
+)
 from fl_fixtures import tiny_config, write_tiny_cache
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def tiny(tmp_path_factory):
     cache = write_tiny_cache(tmp_path_factory.mktemp("cache"))
     cfg = tiny_config(cache)
-    return cfg, task.client_dataset(cfg, "siteA", "train")
+    return cfg, setup.client_dataset(cfg, "siteA", "train")
 
 
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_trains_only_trainable_and_is_deterministic(setup):
-    cfg, ds = setup
-    models = [task.build_model(cfg, fresh=True).ft.model for _ in range(2)]
+def test_trains_only_trainable_and_is_deterministic(tiny):
+    cfg, ds = tiny
+    models = [setup.build_model(cfg, fresh=True).ft.model for _ in range(2)]
     before = _state(models[0])
     tc = TrainConfig(steps=3, batch_size=8, lr=1e-2)
     results = [train_local(m, ds, tc, seed=5) for m in models]
@@ -43,9 +49,9 @@ def test_trains_only_trainable_and_is_deterministic(setup):
         assert torch.equal(a, b)
 
 
-def test_fedprox_pulls_toward_the_global(setup):
-    cfg, ds = setup
-    base = task.build_model(cfg, fresh=True).ft.model
+def test_fedprox_pulls_toward_the_global(tiny):
+    cfg, ds = tiny
+    base = setup.build_model(cfg, fresh=True).ft.model
     anchor = {n: p.detach().clone() for n, p in base.named_parameters() if p.requires_grad}
 
     def drift(mu):
@@ -93,24 +99,24 @@ def test_kd_loss_zero_when_student_matches_teacher_and_pulls_otherwise():
     assert float(kd_loss(step, teacher, x, 2.0)) < float(loss)
 
 
-def test_predict_scores_are_probabilities_in_dataset_order(setup):
-    cfg, ds = setup
-    model = task.build_model(cfg, fresh=True).ft.model
+def test_predict_scores_are_probabilities_in_dataset_order(tiny):
+    cfg, ds = tiny
+    model = setup.build_model(cfg, fresh=True).ft.model
     scores, labels = predict_scores(model, ds)
     assert scores.shape == (len(ds),) and ((scores >= 0) & (scores <= 1)).all()
     assert list(labels) == [int(r["label"]) for r in ds.rows]
 
 
-def test_a_run_starts_from_the_initial_weights_even_after_the_cached_model_was_loaded(setup):
+def test_a_run_starts_from_the_initial_weights_even_after_the_cached_model_was_loaded(tiny):
     """The per-process model cache is reused by later runs: their start must not be its state."""
-    cfg, _ = setup
-    first = task.build_model(cfg)
+    cfg, _ = tiny
+    first = setup.build_model(cfg)
     start = {k: v.copy() for k, v in first.initial_communicated.items()}
-    task.load_communicated(first.ft, {k: v + 1.0 for k, v in start.items()})  # a scored round
-    again = task.build_model(cfg)
+    setup.load_communicated(first.ft, {k: v + 1.0 for k, v in start.items()})  # a scored round
+    again = setup.build_model(cfg)
     assert again is first  # cached
     for k, v in start.items():
         np.testing.assert_array_equal(again.initial_communicated[k], v)
-    fresh = task.build_model(cfg, fresh=True)
+    fresh = setup.build_model(cfg, fresh=True)
     for k, v in fresh.initial_communicated.items():
         np.testing.assert_array_equal(v, start[k])

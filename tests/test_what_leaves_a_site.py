@@ -14,8 +14,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedprostate.data.cache import load_index
+from fedprostate.engine import setup
 from fedprostate.fl import client as client_module
-from fedprostate.fl import task, wire
+from fedprostate.fl import wire
 from fedprostate.fl.client_app import make_client_app
 from fedprostate.fl.strategies import REPORT_KEY
 from fl_fixtures import tiny_config, write_tiny_cache
@@ -41,16 +42,16 @@ def server_identity(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def site_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("leaves")
     cache = write_tiny_cache(root / "cache")
     cfg = tiny_config(cache, **{"train.threads": 1})
-    bundle = task.build_model(cfg)
+    bundle = setup.build_model(cfg)
     return root, cache, cfg, bundle
 
 
 def _message(kind: str, bundle, server_round=1, sha=None) -> Message:
-    arrays = wire.to_record(task.communicated_numpy(bundle.ft))
+    arrays = wire.to_record(setup.communicated_numpy(bundle.ft))
     config = ConfigRecord(
         {
             "server-round": server_round,
@@ -95,8 +96,8 @@ def _check_scalar_metrics(metrics: MetricRecord) -> None:
         assert not isinstance(value, list), key
 
 
-def test_train_reply_holds_only_communicated_tensors_and_scalars(setup):
-    root, cache, cfg, bundle = setup
+def test_train_reply_holds_only_communicated_tensors_and_scalars(site_run):
+    root, cache, cfg, bundle = site_run
     app = make_client_app(cfg.to_flat())
     reply = app(_message("train", bundle), _context(root, cache))
     assert not reply.has_error()
@@ -104,7 +105,7 @@ def test_train_reply_holds_only_communicated_tensors_and_scalars(setup):
     assert set(content.keys()) == {"arrays", "metrics", REPORT_KEY}
     arrays = content["arrays"]
     assert isinstance(arrays, ArrayRecord)
-    expected = task.communicated_shapes(bundle.ft)
+    expected = setup.communicated_shapes(bundle.ft)
     assert list(arrays.keys()) == list(expected)  # the communicated set, nothing else
     for name, arr in wire.from_record(arrays).items():
         assert arr.shape == expected[name] and arr.dtype == np.float32
@@ -121,8 +122,8 @@ def test_train_reply_holds_only_communicated_tensors_and_scalars(setup):
     assert not set(arrays.keys()) & set(bundle.ft.local)
 
 
-def test_evaluate_reply_holds_only_scalar_metrics(setup):
-    root, cache, cfg, bundle = setup
+def test_evaluate_reply_holds_only_scalar_metrics(site_run):
+    root, cache, cfg, bundle = site_run
     app = make_client_app(cfg.to_flat())
     reply = app(_message("evaluate", bundle), _context(root, cache))
     content = reply.content
@@ -134,8 +135,8 @@ def test_evaluate_reply_holds_only_scalar_metrics(setup):
     assert not any(i in t for t in _all_strings(content) for i in ids)
 
 
-def test_error_text_sent_to_server_has_no_ids_or_paths(setup, monkeypatch, caplog):
-    root, cache, cfg, bundle = setup
+def test_error_text_sent_to_server_has_no_ids_or_paths(site_run, monkeypatch, caplog):
+    root, cache, cfg, bundle = site_run
     secret_path = str(cache / "sites" / "siteA.safetensors")
 
     def failing_train(*args, **kwargs):
@@ -153,8 +154,8 @@ def test_error_text_sent_to_server_has_no_ids_or_paths(setup, monkeypatch, caplo
     assert "siteA-003" in caplog.text and secret_path in caplog.text
 
 
-def test_foundation_hash_mismatch_is_refused_with_a_clear_message(setup):
-    root, cache, cfg, bundle = setup
+def test_foundation_hash_mismatch_is_refused_with_a_clear_message(site_run):
+    root, cache, cfg, bundle = site_run
     app = make_client_app(cfg.to_flat())
     with pytest.raises(client_module.PublicError) as info:
         app(_message("train", bundle, sha="0" * 64), _context(root, cache))

@@ -177,7 +177,7 @@ def _run_demo(out, config, overrides, quick, console) -> dict:
         summary = federate(cfg, run_dir)
     timings["federate"] = time.time() - t
     t = _step(console, 5, "evaluate and write the report")
-    from fedprostate.eval.report import write_run_report
+    from fedprostate.report.run_report import write_run_report
 
     page = write_run_report(run_dir)
     timings["report"] = time.time() - t
@@ -191,7 +191,7 @@ def _run_demo(out, config, overrides, quick, console) -> dict:
 def _print_results(console: Console, run_dir: Path, timings: dict) -> None:
     import json
 
-    from fedprostate.eval.report import fmt_ci
+    from fedprostate.report.run_report import fmt_ci
 
     ev = json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
     table = Table(title="demo results (test split, 95% CI by patient bootstrap)")

@@ -29,7 +29,7 @@ def export(
     ),
 ) -> None:
     """Export a run as a model bundle: merged weights, ONNX, preprocessing, threshold, model card."""
-    from fedprostate.export import ExportError, export_run
+    from fedprostate.runs.export import ExportError, export_run
 
     out = out or run / "bundle"
     try:
@@ -53,10 +53,10 @@ def predict(
     patient: str = typer.Option(None, "--patient", help="Only this patient of a dataset root."),
 ) -> None:
     """Per-finding csPCa probabilities for a new study (research only, not for clinical use)."""
-    from fedprostate.bundle import BundleError
-    from fedprostate.data.readers import DataFormatError
+    from fedprostate.data.formats.base import DataFormatError
     from fedprostate.data.study import StudyError
-    from fedprostate.predict import predict as run_predict
+    from fedprostate.models.bundle import BundleError
+    from fedprostate.runs.predict import predict as run_predict
 
     try:
         result = run_predict(model, study, findings, out, patient)
@@ -90,9 +90,9 @@ def distill(
     centralized: bool = typer.Option(False, help="Also run centralized distillation."),
 ) -> None:
     """Federated distillation of a teacher into a compact student, with the comparison report."""
-    from fedprostate.bundle import BundleError
     from fedprostate.config import RunConfig
-    from fedprostate.distill import report_markdown, run_distillation
+    from fedprostate.models.bundle import BundleError
+    from fedprostate.runs.distill import report_markdown, run_distillation
 
     try:
         cfg = RunConfig.load(config, overrides or [])

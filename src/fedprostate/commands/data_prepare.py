@@ -52,8 +52,8 @@ def data_prepare(
     ),
 ) -> None:
     """Read raw studies, crop them and write the per-site crop cache."""
+    from fedprostate.data.formats.base import DataFormatError
     from fedprostate.data.prepare import prepare
-    from fedprostate.data.readers import DataFormatError
     from fedprostate.data.study import StudyError
 
     console = Console(stderr=True)

@@ -30,7 +30,7 @@ def synth_command(
     ),
 ) -> None:
     """Write a realistic synthetic multi-site bpMRI federation in a real public layout."""
-    from fedprostate.data.synth import synthesize
+    from fedprostate.data.synth.federation import synthesize
 
     with Progress(
         TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -70,7 +70,7 @@ def summary_command(
 
         summarize_cache(path)
         return
-    from fedprostate.data.summary import summarize_raw
+    from fedprostate.data.synth.summary import summarize_raw
 
     try:
         result = summarize_raw(path, plot or path / "summary.png")

@@ -31,7 +31,7 @@ def deploy_local_command(
     authentication, run the federated fine-tuning with `flwr run`, stop everything."""
     from fedprostate.config import RunConfig
     from fedprostate.data.cache import load_index
-    from fedprostate.fl.deployment import deploy_local
+    from fedprostate.fl.deploy.deployment import deploy_local
 
     cfg = RunConfig.load(config, overrides)
     if rounds is not None:
@@ -79,7 +79,7 @@ def describe_cache(cache: Path) -> tuple[dict[str, Counter], list[dict]]:
 
 def describe_raw(folder: Path) -> tuple[dict[str, Counter], list[dict]]:
     """Read every study of a raw folder; count the readable ones, list the rejected ones."""
-    from fedprostate.data.readers import list_studies, load_study
+    from fedprostate.data.formats.base import list_studies, load_study
     from fedprostate.data.study import StudyError
 
     _, refs, errors = list_studies(folder)

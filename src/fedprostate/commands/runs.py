@@ -82,7 +82,7 @@ def centralize(
     config: Path = CONFIG_OPT, overrides: list[str] = SET_OPT, out: Path = OUT_OPT
 ) -> None:
     """Pooled training on every site's data with the same loop (the upper bound)."""
-    from fedprostate.pooled import centralize as run_centralized
+    from fedprostate.runs.pooled import centralize as run_centralized
 
     _show(run_centralized(_load(config, overrides), out), out)
 
@@ -92,7 +92,7 @@ def local_only(
     config: Path = CONFIG_OPT, overrides: list[str] = SET_OPT, out: Path = OUT_OPT
 ) -> None:
     """Each site trains alone on its own data (the lower bound federation must beat)."""
-    from fedprostate.pooled import local_only as run_local
+    from fedprostate.runs.pooled import local_only as run_local
 
     summary = run_local(_load(config, overrides), out)
     _show(summary, out)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from fedprostate.data.crops import CropSpec, crop_at
+from fedprostate.data.formats.base import read_image, study_rng, validate_study
 from fedprostate.data.preprocess import fit_normalization
-from fedprostate.data.readers import read_image, study_rng, validate_study
 from fedprostate.data.study import SEQUENCES, Study, StudyError
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
 from fedprostate.config import RunConfig
-from fedprostate.fl import task, wire
-from fedprostate.train import predict_scores, score_metrics, train_local
+from fedprostate.engine import setup
+from fedprostate.engine.loop import predict_scores, score_metrics, train_local
+from fedprostate.fl import wire
 
 log = logging.getLogger("fedprostate.site")
 
@@ -42,7 +43,7 @@ def site_context(cfg: RunConfig, node_config: dict, run_dir: str) -> SiteContext
     if "site" in node_config:
         name = str(node_config["site"])
     elif "partition-id" in node_config:
-        names = task.client_names(cfg)
+        names = setup.client_names(cfg)
         pid = int(node_config["partition-id"])
         if pid >= len(names):
             raise ValueError(f"partition-id {pid} but only {len(names)} clients in the partition")
@@ -89,8 +90,8 @@ def _save_state(
 
 def receive_global(
     cfg: RunConfig, received: dict[str, np.ndarray], downlink: str, expected_sha: str = ""
-) -> tuple[task.ModelBundle, dict[str, np.ndarray]]:
-    bundle = task.build_model(cfg)
+) -> tuple[setup.ModelBundle, dict[str, np.ndarray]]:
+    bundle = setup.build_model(cfg)
     if expected_sha and expected_sha != bundle.foundation_sha256:
         raise PublicError(
             f"this site's foundation backbone (sha256 {bundle.foundation_sha256[:12]}…) "
@@ -98,9 +99,9 @@ def receive_global(
             "are meaningless; "
             "install the consortium's foundation checkpoint"
         )
-    shapes = task.communicated_shapes(bundle.ft)
+    shapes = setup.communicated_shapes(bundle.ft)
     global_tensors = wire.unpack_downlink(received, CodecSpec.parse(downlink), shapes)
-    task.load_communicated(bundle.ft, global_tensors)
+    setup.load_communicated(bundle.ft, global_tensors)
     return bundle, global_tensors
 
 
@@ -115,9 +116,9 @@ def train_round(
     """Train on this site's data from the received global; return (wire tensors, metrics)."""
     bundle, global_tensors = receive_global(cfg, received, downlink, expected_sha)
     ft = bundle.ft
-    task.set_local_state(ft, _load_state(site, "local", server_round) or bundle.initial_local)
-    train_ds = task.client_dataset(cfg, site.name, "train")
-    seed = task.client_seed(cfg, server_round, site.name)
+    setup.set_local_state(ft, _load_state(site, "local", server_round) or bundle.initial_local)
+    train_ds = setup.client_dataset(cfg, site.name, "train")
+    seed = setup.client_seed(cfg, server_round, site.name)
     anchors = {k: torch.from_numpy(v) for k, v in global_tensors.items()}
     result = train_local(
         ft.model,
@@ -125,11 +126,11 @@ def train_round(
         cfg.train,
         seed=seed,
         global_params=anchors,
-        teacher=task.teacher_model(cfg),
+        teacher=setup.teacher_model(cfg),
         kd_temperature=cfg.distill.temperature,
         kd_alpha=cfg.distill.alpha,
     )
-    _save_state(site, "local", server_round, task.local_state(ft))
+    _save_state(site, "local", server_round, setup.local_state(ft))
 
     spec = CodecSpec.parse(site.uplink)
     feedback = None
@@ -137,7 +138,7 @@ def train_round(
         saved = _load_state(site, "ef", server_round)
         feedback = ErrorFeedback({k: v.numpy() for k, v in saved.items()} if saved else None)
     rng = np.random.default_rng(seed)
-    out = wire.pack_uplink(task.communicated_numpy(ft), global_tensors, spec, rng, feedback)
+    out = wire.pack_uplink(setup.communicated_numpy(ft), global_tensors, spec, rng, feedback)
     if feedback is not None:
         _save_state(
             site,
@@ -146,7 +147,7 @@ def train_round(
             {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feedback.residual.items()},
         )
 
-    val = score_metrics(*_labels_scores(ft.model, task.client_dataset(cfg, site.name, "val")))
+    val = score_metrics(*_labels_scores(ft.model, setup.client_dataset(cfg, site.name, "val")))
     metrics = {
         "num-examples": result.num_examples,
         "train-loss": result.loss,
@@ -175,10 +176,10 @@ def evaluate_round(
 ) -> dict:
     """Federated evaluation of the received global model on this site's ``split``."""
     bundle, _ = receive_global(cfg, received, downlink, expected_sha)
-    task.set_local_state(
+    setup.set_local_state(
         bundle.ft, _load_state(site, "local", server_round + 1) or bundle.initial_local
     )
-    m = score_metrics(*_labels_scores(bundle.ft.model, task.client_dataset(cfg, site.name, split)))
+    m = score_metrics(*_labels_scores(bundle.ft.model, setup.client_dataset(cfg, site.name, split)))
     return {"num-examples": int(m["n"]), "auroc": m["auroc"], "ap": m["ap"], "loss": m["loss"]}
 
 

@@ -18,10 +18,11 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
 
 from fedprostate.config import RunConfig
-from fedprostate.fl import task, wire
-from fedprostate.fl.recorder import Checkpoint, RunRecorder, prediction_rows
+from fedprostate.engine import setup
+from fedprostate.engine.loop import predict_scores, score_metrics
+from fedprostate.fl import wire
 from fedprostate.fl.strategies import make_strategy
-from fedprostate.train import predict_scores, score_metrics
+from fedprostate.records.run_folder import Checkpoint, RunRecorder, prediction_rows
 
 log = logging.getLogger("fedprostate.server")
 
@@ -31,14 +32,14 @@ class BenchmarkScorer:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.sets = {split: task.pooled_dataset(cfg, split) for split in ("val", "test")}
+        self.sets = {split: setup.pooled_dataset(cfg, split) for split in ("val", "test")}
         self.best: dict | None = None
         self.last: dict | None = None
 
     def score(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict:
-        bundle = task.build_model(self.cfg)
-        task.load_communicated(bundle.ft, arrays)
-        task.set_local_state(bundle.ft, bundle.initial_local)
+        bundle = setup.build_model(self.cfg)
+        setup.load_communicated(bundle.ft, arrays)
+        setup.set_local_state(bundle.ft, bundle.initial_local)
         out, preds = {}, {}
         for split, ds in self.sets.items():
             scores, labels = predict_scores(bundle.ft.model, ds)
@@ -61,11 +62,11 @@ def run_server(grid, cfg: RunConfig) -> dict:
         raise ValueError("the run folder (config key 'out') is not set")
     t0 = time.time()
     recorder = RunRecorder(Path(cfg.out))
-    bundle = task.build_model(cfg)
-    shapes = task.communicated_shapes(bundle.ft)
+    bundle = setup.build_model(cfg)
+    shapes = setup.communicated_shapes(bundle.ft)
     arrays = dict(bundle.initial_communicated)
     simulation = bool(cfg.data.cache)
-    num_clients = len(task.client_names(cfg)) if simulation else cfg.fl.min_available_nodes
+    num_clients = len(setup.client_names(cfg)) if simulation else cfg.fl.min_available_nodes
     strategy = make_strategy(cfg, num_clients)
     random.seed(cfg.seed)  # Flower's node sampling draws from the global `random`
     offset, wall_before = 0, 0.0
@@ -138,7 +139,7 @@ def summarize(
     cfg: RunConfig,
     recorder: RunRecorder,
     scorer: BenchmarkScorer | None,
-    bundle: task.ModelBundle,
+    bundle: setup.ModelBundle,
     wall_s: float,
 ) -> dict:
     rounds = recorder.read_rounds()
@@ -160,7 +161,7 @@ def summarize(
             sum(p.numel() for p in bundle.ft.model.parameters() if p.requires_grad)
         ),
         "communicated_params": int(
-            sum(np.prod(s) for s in task.communicated_shapes(bundle.ft).values())
+            sum(np.prod(s) for s in setup.communicated_shapes(bundle.ft).values())
         ),
         "foundation_sha256": bundle.foundation_sha256,
         "uplink_mb_per_client_round": float(np.mean(all_up) / mb) if all_up else 0.0,

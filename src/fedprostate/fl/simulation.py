@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from fedprostate.config import RunConfig
-from fedprostate.fl import task
+from fedprostate.engine import setup
 
 
 def prepare_run_config(cfg: RunConfig, out: str | Path, resume: bool = False) -> RunConfig:
@@ -32,7 +32,7 @@ def federate(cfg: RunConfig, out: str | Path, resume: bool = False, verbose: boo
 
     cfg = prepare_run_config(cfg, out, resume)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    num_clients = len(task.client_names(cfg))
+    num_clients = len(setup.client_names(cfg))
     flat = cfg.to_flat()
     cpus = os.cpu_count() or 2
     backend_config = {

@@ -22,7 +22,7 @@ def synthesize_raw(raw: Path, cfg: StudyConfig, console: Console) -> None:
         return
     from rich.progress import Progress
 
-    from fedprostate.data.synth import synthesize
+    from fedprostate.data.synth.federation import synthesize
 
     d = cfg.data
     t0 = time.time()

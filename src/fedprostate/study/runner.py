@@ -40,7 +40,7 @@ def run_function(kind: str):
         from fedprostate.fl.simulation import federate
 
         return federate
-    from fedprostate import pooled
+    from fedprostate.runs import pooled
 
     return pooled.centralize if kind == "centralize" else pooled.local_only
 
@@ -55,7 +55,7 @@ def planned_paths(cfg: StudyConfig, out: Path) -> StudyPaths:
             json.loads((Path(cfg.data.cache) / "meta.json").read_text(encoding="utf-8"))["sites"]
         )
     else:
-        from fedprostate.data.synth_sites import make_site_profiles
+        from fedprostate.data.synth.sites import make_site_profiles
 
         profiles = make_site_profiles(cfg.data.sites, cfg.data.patients, cfg.data.preset)
         sites = tuple(p.name for p in profiles)
@@ -243,7 +243,7 @@ def run_study(
     )
     if not report:
         return None
-    from fedprostate.eval.report import write_study_report
+    from fedprostate.report.run_report import write_study_report
 
     page = write_study_report(out)
     console.print(f"[green]study report:[/green] {page.resolve()}")

@@ -23,13 +23,13 @@ from pathlib import Path
 import tomli_w
 
 from fedprostate.config import RunConfig
-from fedprostate.fl.certs import (
+from fedprostate.fl.deploy.certs import (
     NodeKeys,
     ServerCertificates,
     make_node_keys,
     make_server_certificates,
 )
-from fedprostate.fl.processes import LOOPBACK, ManagedProcess, free_port, port_open
+from fedprostate.fl.deploy.processes import LOOPBACK, ManagedProcess, free_port, port_open
 
 CONNECTION = "fedprostate"  # name of the SuperLink connection in the deployment's Flower config
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813
 
-from fedprostate.data.readers import DataFormatError, StudyRef, read_csv_checked
+from fedprostate.data.formats.base import DataFormatError, StudyRef, read_csv_checked
 from fedprostate.data.study import SEQUENCES, ZONES, Finding, Study, StudyError
 
 REQUIRED_COLUMNS = ("ProxID", "fid", "pos", "ClinSig")

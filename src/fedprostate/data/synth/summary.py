@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own convention)
 
 from fedprostate.data.study import StudyError
-from fedprostate.data.synth_writers import FINDINGS, SERIES, picai_image_paths
+from fedprostate.data.synth.writers import FINDINGS, SERIES, picai_image_paths
 
 STUDIES = Path("truth/studies.csv")
 

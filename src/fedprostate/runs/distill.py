@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from fedprostate.bundle import load_bundle
 from fedprostate.config import RunConfig
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
 from fedprostate.eval.metrics import evaluate_predictions
+from fedprostate.models.bundle import load_bundle
 
 SPEEDUP_GOAL = 5.0
 MARGIN = 0.02
@@ -84,11 +84,11 @@ def _auroc(rows: list[dict], n_boot: int, seed: int) -> dict:
 
 def teacher_test_rows(teacher: nn.Module, cfg: RunConfig) -> list[dict]:
     """The teacher's scores on the student's pooled test split, in prediction-row format."""
-    from fedprostate.fl import task
-    from fedprostate.fl.recorder import prediction_rows
-    from fedprostate.train import predict_scores
+    from fedprostate.engine import setup
+    from fedprostate.engine.loop import predict_scores
+    from fedprostate.records.run_folder import prediction_rows
 
-    dataset = task.pooled_dataset(cfg, "test")
+    dataset = setup.pooled_dataset(cfg, "test")
     scores, _ = predict_scores(teacher, dataset)
     return prediction_rows(dataset.rows, scores, 0)
 
@@ -225,9 +225,9 @@ def run_distillation(
     n_latency: int = 30,
 ) -> dict:
     """Federated KD, the same student without a teacher, optional centralized KD; report."""
-    from fedprostate.export import export_run, read_predictions
     from fedprostate.fl.simulation import federate
-    from fedprostate.pooled import centralize
+    from fedprostate.runs.export import export_run, read_predictions
+    from fedprostate.runs.pooled import centralize
 
     out = Path(out)
     meta = load_bundle(teacher)[1]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedprostate.eval import plots
-from fedprostate.eval.report import ADDED_HEADER, added_value_rows, fmt, fmt_ci, fmt_p
-from fedprostate.eval.report_data import (
+from fedprostate.report import plots
+from fedprostate.report.document import Doc
+from fedprostate.report.run_data import (
     RunData,
     cumulative_mb,
     evaluate_run,
     load_run,
     round_history,
 )
-from fedprostate.eval.report_doc import Doc
+from fedprostate.report.run_report import ADDED_HEADER, added_value_rows, fmt, fmt_ci, fmt_p
 
 SECTION_TITLES = {
     "backbone": "1. Backbone: Swin vs ResNet vs ViT",
@@ -182,7 +182,7 @@ def _baselines_section(doc: Doc, runs: dict, evals: dict) -> None:
         return
     ev = evals[REFERENCE]
     doc.heading("What the deep model adds over rules without deep learning", 2)
-    from fedprostate.eval.report import METRICS_HEADER, metrics_row
+    from fedprostate.report.run_report import METRICS_HEADER, metrics_row
 
     rows = [metrics_row("reference arm", ev["model"])]
     rows += [metrics_row(n, r) for n, r in ev["baselines"].items()]

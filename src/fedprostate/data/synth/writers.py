@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own convention)
 
-from fedprostate.data.synth_sites import SiteProfile
-from fedprostate.data.synth_study import SynthStudy
+from fedprostate.data.synth.exam import SynthStudy
+from fedprostate.data.synth.sites import SiteProfile
 
 MARKSHEET_COLUMNS = [
     "patient_id", "study_id", "mri_date", "patient_age", "psa", "psad", "prostate_volume",

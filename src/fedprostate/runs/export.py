@@ -1,6 +1,6 @@
 """``fedprostate export``: a finished run → a deployable bundle folder (see ``bundle.py``).
 
-The run's model is rebuilt exactly as training built it (``task.build_model`` from the run's
+The run's model is rebuilt exactly as training built it (``setup.build_model`` from the run's
 ``config.toml``: backbone, foundation weights, fine-tuning method), the communicated tensors of
 the *best* round are loaded (``checkpoints/round_<best>.safetensors`` of a federated run, whose
 predictions are ``predictions_*_best.csv``; else ``model.safetensors``), then LoRA is merged
@@ -26,11 +26,18 @@ import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import save_file
 
-from fedprostate.bundle import BUNDLE_JSON, BUNDLE_VERSION, MODEL_CARD, ONNX, WEIGHTS, load_bundle
 from fedprostate.config import RunConfig
 from fedprostate.data.cache import load_index, load_meta
 from fedprostate.data.preprocess import ADC_SCALE, CLIP
 from fedprostate.eval.metrics import choose_threshold, evaluate_predictions
+from fedprostate.models.bundle import (
+    BUNDLE_JSON,
+    BUNDLE_VERSION,
+    MODEL_CARD,
+    ONNX,
+    WEIGHTS,
+    load_bundle,
+)
 from fedprostate.models.foundation import backbone_sha256
 
 FORMATS = ("bundle", "onnx")
@@ -67,7 +74,7 @@ def _best_weights(run: Path, summary: dict) -> tuple[dict[str, np.ndarray], str]
 
 def load_run_model(run_dir: str | Path):
     """(cfg, Finetuned model with the run's best weights, foundation sha256, weights source)."""
-    from fedprostate.fl import task  # imports peft: only the exporter needs it
+    from fedprostate.engine import setup  # imports peft: only the exporter needs it
 
     run = Path(run_dir)
     config = run / "config.toml"
@@ -79,8 +86,8 @@ def load_run_model(run_dir: str | Path):
     if summary.get("kind") == "local":
         raise ExportError(f"{run}: a local-only run has one model per site; export one of them")
     arrays, source = _best_weights(run, summary)
-    bundle = task.build_model(cfg, fresh=True)
-    task.load_communicated(bundle.ft, arrays)
+    bundle = setup.build_model(cfg, fresh=True)
+    setup.load_communicated(bundle.ft, arrays)
     bundle.ft.model.eval()
     return cfg, bundle.ft, bundle.foundation_sha256, source, summary
 

@@ -100,7 +100,7 @@ def teacher_model(cfg: RunConfig) -> torch.nn.Module | None:
     if not cfg.distill.teacher:
         return None
     if cfg.distill.teacher not in _TEACHERS:
-        from fedprostate.distill import load_teacher
+        from fedprostate.runs.distill import load_teacher
 
         _TEACHERS[cfg.distill.teacher] = load_teacher(cfg.distill.teacher)
     return _TEACHERS[cfg.distill.teacher]

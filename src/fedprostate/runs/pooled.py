@@ -15,9 +15,9 @@ import numpy as np
 
 from fedprostate.config import RunConfig
 from fedprostate.data.cache import CropDataset
-from fedprostate.fl import task
-from fedprostate.fl.recorder import RunRecorder, prediction_rows
-from fedprostate.train import predict_scores, score_metrics, train_local
+from fedprostate.engine import setup
+from fedprostate.engine.loop import predict_scores, score_metrics, train_local
+from fedprostate.records.run_folder import RunRecorder, prediction_rows
 
 
 class _Pooled(CropDataset):
@@ -31,7 +31,7 @@ def _fit(
     cfg: RunConfig, name: str, train_ds, sets: dict[str, CropDataset], recorder: RunRecorder | None
 ) -> dict:
     """Train a fresh model for fl.rounds rounds; score ``sets`` each round; keep the best on val."""
-    bundle = task.build_model(cfg, fresh=True)
+    bundle = setup.build_model(cfg, fresh=True)
     model = bundle.ft.model
     best: dict | None = None
     for r in range(1, cfg.fl.rounds + 1):
@@ -39,8 +39,8 @@ def _fit(
             model,
             train_ds,
             cfg.train,
-            seed=task.client_seed(cfg, r, name),
-            teacher=task.teacher_model(cfg),
+            seed=setup.client_seed(cfg, r, name),
+            teacher=setup.teacher_model(cfg),
             kd_temperature=cfg.distill.temperature,
             kd_alpha=cfg.distill.alpha,
         )
@@ -54,7 +54,7 @@ def _fit(
             recorder.append_round(entry)
         val = entry["val"]["auroc"]
         if best is None or (np.isfinite(val) and not val <= best["val"]["auroc"]):
-            best = {**entry, "predictions": preds, "arrays": task.communicated_numpy(bundle.ft)}
+            best = {**entry, "predictions": preds, "arrays": setup.communicated_numpy(bundle.ft)}
         last = {**entry, "predictions": preds}
     return {"best": best, "last": last, "bundle": bundle}
 
@@ -73,9 +73,9 @@ def centralize(cfg: RunConfig, out: str | Path) -> dict:
     """Pool every client's training data (the upper bound a federation tries to reach)."""
     t0 = time.time()
     cfg, recorder = _prepare(cfg, out)
-    names = task.client_names(cfg)
-    train = _Pooled(cfg.data.cache, [task.client_dataset(cfg, n, "train") for n in names])
-    sets = {"val": task.pooled_dataset(cfg, "val"), "test": task.pooled_dataset(cfg, "test")}
+    names = setup.client_names(cfg)
+    train = _Pooled(cfg.data.cache, [setup.client_dataset(cfg, n, "train") for n in names])
+    sets = {"val": setup.pooled_dataset(cfg, "val"), "test": setup.pooled_dataset(cfg, "test")}
     fit = _fit(cfg, "pooled", train, sets, recorder)
     for tag in ("best", "last"):
         for split in sets:
@@ -93,17 +93,17 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
     """Each site trains alone; scored on its own test split and on the pooled test split."""
     t0 = time.time()
     cfg, recorder = _prepare(cfg, out)
-    pooled_test = task.pooled_dataset(cfg, "test")
+    pooled_test = setup.pooled_dataset(cfg, "test")
     per_site, own_preds, own_val_preds = {}, [], []
-    for name in task.client_names(cfg):
+    for name in setup.client_names(cfg):
         own = {
-            "val": task.client_dataset(cfg, name, "val"),
-            "test": task.client_dataset(cfg, name, "test"),
+            "val": setup.client_dataset(cfg, name, "val"),
+            "test": setup.client_dataset(cfg, name, "test"),
         }
         fit = _fit(
             cfg,
             name,
-            task.client_dataset(cfg, name, "train"),
+            setup.client_dataset(cfg, name, "train"),
             {**own, "pooled_test": pooled_test},
             recorder,
         )
@@ -140,7 +140,7 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
 
 
 def _summary(
-    cfg: RunConfig, kind: str, best: dict, last: dict, bundle: task.ModelBundle, wall_s: float
+    cfg: RunConfig, kind: str, best: dict, last: dict, bundle: setup.ModelBundle, wall_s: float
 ) -> dict:
     return {
         "kind": kind,

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedprostate.eval import plots
-from fedprostate.eval.report_data import (
+from fedprostate.report import plots
+from fedprostate.report.document import Doc
+from fedprostate.report.run_data import (
     RunData,
     cumulative_mb,
     evaluate_run,
     load_run,
     round_history,
 )
-from fedprostate.eval.report_doc import Doc
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -165,7 +165,7 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
     models = {"model": data.test}
     adc_rows = None
     if "mean-ADC rule" in evaluation["baselines"]:
-        from fedprostate.eval.report_data import adc_baseline_rows
+        from fedprostate.report.run_data import adc_baseline_rows
 
         adc_rows = adc_baseline_rows(data)
         models["mean-ADC rule"] = adc_rows
@@ -219,7 +219,7 @@ def write_run_report(
 
 def write_study_report(study_dir: str | Path) -> Path:
     """Write DIR/report.html and DIR/report.md for a study run by ``fedprostate study``."""
-    from fedprostate.eval.report_study import build_study_doc
+    from fedprostate.study.report import build_study_doc
 
     study_dir = Path(study_dir)
     doc = build_study_doc(study_dir)

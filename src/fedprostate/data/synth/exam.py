@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own convention)
 
-from fedprostate.data.synth_anatomy import (
+from fedprostate.data.synth.anatomy import (
     ISUP_PROBS,
     Lesion,
     Phantom,
@@ -25,7 +25,7 @@ from fedprostate.data.synth_anatomy import (
     make_phantom,
     sample_phantom,
 )
-from fedprostate.data.synth_sites import SiteProfile
+from fedprostate.data.synth.sites import SiteProfile
 
 B_LOW = 50.0  # s/mm2, lowest b of the ADC fit (avoids perfusion)
 KURTOSIS_DROP = 0.15  # relative ADC drop per +1000 s/mm2 of b (non-Gaussian diffusion)

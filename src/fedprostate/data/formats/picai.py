@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
-from fedprostate.data.readers import (
+from fedprostate.data.formats.base import (
     StudyRef,
     check_label_values,
     mask_findings,
@@ -70,7 +70,7 @@ def list_refs(
     src: Path, labels: str = "human_expert/resampled", **_
 ) -> tuple[list[StudyRef], list[StudyError]]:
     if labels not in LABEL_FOLDERS:
-        from fedprostate.data.readers import DataFormatError
+        from fedprostate.data.formats.base import DataFormatError
 
         raise DataFormatError(f"--labels {labels!r}: choose one of {LABEL_FOLDERS}")
     sheet = marksheet_path(src)

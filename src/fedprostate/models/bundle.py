@@ -1,6 +1,6 @@
 """A deployable model bundle: one folder a hospital can run without peft or the training code.
 
-Layout (written by ``fedprostate.export.export_run``)::
+Layout (written by ``fedprostate.runs.export.export_run``)::
 
     BUNDLE/
       bundle.json        arch, crop, spacing, channel order, preprocessing, threshold, hashes

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
-from fedprostate.data.readers import (
+from fedprostate.data.formats.base import (
     StudyRef,
     check_label_values,
     mask_findings,

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprostate.data.synth_sites import (
+from fedprostate.data.synth.exam import generate_study
+from fedprostate.data.synth.sites import (
     _CATALOG,
     PRESET_DEFAULTS,
     SiteProfile,
     make_site_profiles,
     write_sites_csv,
 )
-from fedprostate.data.synth_study import generate_study
-from fedprostate.data.synth_writers import (
+from fedprostate.data.synth.writers import (
     FINDINGS,
     FINDINGS_COLUMNS,
     MARKSHEET,

@@ -32,10 +32,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
-from fedprostate.bundle import load_bundle, predict_proba
 from fedprostate.data.crops import CropSpec, study_crops
-from fedprostate.data.preprocess import fit_normalization
-from fedprostate.data.readers import (
+from fedprostate.data.formats.base import (
     DataFormatError,
     detect_format,
     list_studies,
@@ -44,7 +42,9 @@ from fedprostate.data.readers import (
     read_image,
     validate_study,
 )
+from fedprostate.data.preprocess import fit_normalization
 from fedprostate.data.study import SEQUENCES, ZONES, Finding, Study, StudyError
+from fedprostate.models.bundle import load_bundle, predict_proba
 
 IMAGE_SUFFIXES = (".mha", ".mhd", ".nii.gz", ".nii", ".nrrd")
 OUTPUT_COLUMNS = (
@@ -81,7 +81,7 @@ def _bare_images(folder: Path) -> dict[str, sitk.Image]:
     pid = folder.name
     if len(found) == 3:
         return {seq: read_image(found[seq], pid, seq) for seq in SEQUENCES}
-    from fedprostate.data.reader_prostatex import find_series, read_series
+    from fedprostate.data.formats.prostatex import find_series, read_series
 
     series, _ = find_series(folder, pid)
     if all(seq in series for seq in SEQUENCES):

@@ -56,11 +56,11 @@ class StudyRef:
 
 def _module(fmt: str):
     if fmt == "picai":
-        from fedprostate.data import reader_picai as mod
+        from fedprostate.data.formats import picai as mod
     elif fmt == "prostatex":
-        from fedprostate.data import reader_prostatex as mod
+        from fedprostate.data.formats import prostatex as mod
     elif fmt in ("prostate158", "generic"):
-        from fedprostate.data import reader_other as mod
+        from fedprostate.data.formats import other as mod
     else:
         raise DataFormatError(f"unknown format {fmt!r}; choose one of {FORMATS} or 'auto'")
     return mod
@@ -92,11 +92,11 @@ def list_studies(
     """Return (format, refs, listing errors). Listing errors are studies already known to be bad."""
     fmt = detect_format(src) if fmt == "auto" else fmt
     if fmt == "generic":
-        from fedprostate.data.reader_other import list_generic
+        from fedprostate.data.formats.other import list_generic
 
         refs, errors = list_generic(Path(src), **opts)
     elif fmt == "prostate158":
-        from fedprostate.data.reader_other import list_prostate158
+        from fedprostate.data.formats.other import list_prostate158
 
         refs, errors = list_prostate158(Path(src), **opts)
     else:
@@ -107,9 +107,9 @@ def list_studies(
 def load_study(ref: StudyRef, seed: int = 0, **opts) -> Study:
     """Read one study's images and labels; raise StudyError naming the file and patient."""
     if ref.fmt == "generic":
-        from fedprostate.data.reader_other import load_generic as load
+        from fedprostate.data.formats.other import load_generic as load
     elif ref.fmt == "prostate158":
-        from fedprostate.data.reader_other import load_prostate158 as load
+        from fedprostate.data.formats.other import load_prostate158 as load
     else:
         load = _module(ref.fmt).load
     study = load(ref, seed=seed, **opts)
