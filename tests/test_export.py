@@ -110,7 +110,7 @@ def test_running_a_bundle_does_not_import_peft(lora):
         print("OK", p.round(6).tolist())
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK")
     # the block really works: importing the peft-based fine-tuning code fails under it

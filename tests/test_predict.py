@@ -28,6 +28,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-c", "from fedprostate.cli import app; app()", *args],
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
 
 
@@ -77,7 +78,7 @@ def test_predict_plain_image_paths_and_coordinates(trained, tmp_path):
     patient = "10004"
     key = f"{patient}_{1000004}"
     # the cached findings' world positions, as a reader would give them to a radiologist
-    from fedprostate.runs.predict import resolve_studies
+    from fedprostate.data.formats.loose import resolve_studies
 
     study = resolve_studies(raw / "images" / patient, seed=0, negatives=2)[0]
     table = tmp_path / "findings.csv"

@@ -6,7 +6,7 @@ import numpy as np
 
 from fedprostate.data.cache import load_index, load_rejected
 from fedprostate.data.dedup import fingerprint
-from fedprostate.data.formats.base import detect_format, list_studies, load_study
+from fedprostate.data.formats.registry import detect_format, list_studies, load_study
 from fedprostate.data.prepare import prepare
 from mri_fixtures import (
     CENTRE,

@@ -6,12 +6,8 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
 from fedprostate.data.cache import load_index, load_rejected
-from fedprostate.data.formats.base import (
-    NEGATIVE_MARGIN_MM,
-    detect_format,
-    list_studies,
-    load_study,
-)
+from fedprostate.data.formats.base import NEGATIVE_MARGIN_MM
+from fedprostate.data.formats.registry import detect_format, list_studies, load_study
 from fedprostate.data.prepare import prepare
 from mri_fixtures import CENTRE, Phantom, picai_phantoms, write_picai
 

@@ -5,7 +5,7 @@ import SimpleITK as sitk  # noqa: N813
 
 from fedprostate.data.cache import load_index
 from fedprostate.data.crops import CropSpec, crop_at
-from fedprostate.data.formats.base import list_studies, load_study
+from fedprostate.data.formats.registry import list_studies, load_study
 from fedprostate.data.prepare import prepare
 from fedprostate.data.preprocess import fit_normalization
 from mri_fixtures import (

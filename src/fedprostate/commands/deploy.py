@@ -79,7 +79,7 @@ def describe_cache(cache: Path) -> tuple[dict[str, Counter], list[dict]]:
 
 def describe_raw(folder: Path) -> tuple[dict[str, Counter], list[dict]]:
     """Read every study of a raw folder; count the readable ones, list the rejected ones."""
-    from fedprostate.data.formats.base import list_studies, load_study
+    from fedprostate.data.formats.registry import list_studies, load_study
     from fedprostate.data.study import StudyError
 
     _, refs, errors = list_studies(folder)

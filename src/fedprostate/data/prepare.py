@@ -19,7 +19,8 @@ import numpy as np
 from fedprostate.data.cache import RejectedLog, write_cache
 from fedprostate.data.crops import CropSpec, channel_names, study_crops
 from fedprostate.data.dedup import DuplicateFinder
-from fedprostate.data.formats.base import DataFormatError, StudyRef, list_studies, load_study
+from fedprostate.data.formats.base import DataFormatError, StudyRef
+from fedprostate.data.formats.registry import list_studies, load_study
 from fedprostate.data.preprocess import describe, fit_normalization
 from fedprostate.data.splits import assign_splits
 from fedprostate.data.study import SEQUENCES, Study, StudyError

@@ -1,209 +1,31 @@
 """``fedprostate predict``: a model bundle + raw bpMRI files → per-finding csPCa probabilities.
 
-Inputs, resolved by :func:`resolve_studies`:
-
-* ``--study`` a dataset root in any layout ``data prepare`` reads (PI-CAI, ProstateX, Prostate158,
-  generic CSV), or a folder *inside* one (a PI-CAI ``images/<patient>`` folder, a ProstateX
-  ``<ProxID>`` folder): the nearest enclosing root (up to 3 levels up) is listed and the studies
-  under that folder are kept. Such studies are read by the same reader, with the same seed and
-  number of sampled negatives as the bundle's training cache, so they yield exactly the findings
-  (and crops) ``data prepare`` produced.
-* ``--study`` a bare folder with ``*t2w*``, ``*adc*``, ``*hbv*`` images (any SimpleITK format) or
-  the three DICOM series of a study (ProstateX series descriptions): findings come from
-  ``--findings``.
-* ``--findings CSV``: ``x, y, z`` (LPS world mm) and optional ``finding_id``, ``zone``,
-  ``patient_id`` replace the study's findings; with ``t2w, adc, hbv`` columns (paths relative to
-  the CSV) the CSV alone describes the studies ("plain image paths").
-
-Preprocessing and crops are the training code's own (``fit_normalization`` + ``study_crops``).
-Output: one row per finding (probability, call at the bundle's threshold) and one patient score
-per study = max over its findings. Unreadable input raises StudyError / DataFormatError naming the
-file; the CLI turns them into exit code 2.
+The inputs (a dataset root, a folder inside one, a bare study folder, a findings CSV) are read by
+:func:`fedprostate.data.formats.loose.resolve_studies`. Preprocessing and crops are the training
+code's own (``fit_normalization`` + ``study_crops``). Output: one row per finding (probability,
+call at the bundle's threshold) and one patient score per study = max over its findings.
+Unreadable input raises StudyError / DataFormatError naming the file; the CLI turns them into
+exit code 2.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk  # noqa: N813
 
 from fedprostate.data.crops import CropSpec, study_crops
-from fedprostate.data.formats.base import (
-    DataFormatError,
-    detect_format,
-    list_studies,
-    load_study,
-    read_csv_checked,
-    read_image,
-    validate_study,
-)
+from fedprostate.data.formats.loose import resolve_studies
 from fedprostate.data.preprocess import fit_normalization
-from fedprostate.data.study import SEQUENCES, ZONES, Finding, Study, StudyError
+from fedprostate.data.study import Study, StudyError
 from fedprostate.models.bundle import load_bundle, predict_proba
 
-IMAGE_SUFFIXES = (".mha", ".mhd", ".nii.gz", ".nii", ".nrrd")
 OUTPUT_COLUMNS = (
     "site", "patient_id", "study_id", "finding_id", "source", "zone", "x", "y", "z", "score",
     "positive",
 )  # fmt: skip
-
-
-def _under(path: str, folder: Path) -> bool:
-    try:
-        Path(path).resolve().relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
-def _enclosing_root(path: Path) -> tuple[Path, str] | None:
-    for candidate in [path, *list(path.parents)[:3]]:
-        try:
-            return candidate, detect_format(candidate)
-        except DataFormatError:
-            continue
-    return None
-
-
-def _bare_images(folder: Path) -> dict[str, sitk.Image]:
-    """Images of a study folder that is not part of a dataset layout."""
-    found: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES):
-            for seq in SEQUENCES:
-                if seq in f.name.lower() and seq not in found:
-                    found[seq] = f
-    pid = folder.name
-    if len(found) == 3:
-        return {seq: read_image(found[seq], pid, seq) for seq in SEQUENCES}
-    from fedprostate.data.formats.prostatex import find_series, read_series
-
-    series, _ = find_series(folder, pid)
-    if all(seq in series for seq in SEQUENCES):
-        return {seq: read_series(series[seq], pid, seq) for seq in SEQUENCES}
-    missing = [s for s in SEQUENCES if s not in found and s not in series]
-    raise StudyError(
-        pid,
-        f"cannot read a study here: no {missing} image (files *t2w*/*adc*/*hbv* or DICOM)",
-        folder,
-    )
-
-
-def _float(row: dict, key: str, pid: str, where: str) -> float:
-    try:
-        return float(row[key])
-    except (TypeError, ValueError) as exc:
-        raise StudyError(pid, f"{key}={row.get(key)!r} is not a number", where) from exc
-
-
-def _table_findings(rows: list[dict], pid: str, where: str) -> list[Finding]:
-    out = []
-    for n, row in enumerate(rows, start=1):
-        zone = (row.get("zone") or "unknown").upper()
-        world = tuple(_float(row, c, pid, f"{where}:{row['_line']}") for c in ("x", "y", "z"))
-        out.append(
-            Finding(row.get("finding_id") or f"F{n}", world, zone if zone in ZONES else "unknown")
-        )
-    return out
-
-
-def _studies_from_image_table(table: Path) -> list[Study]:
-    """Studies described by a CSV with t2w/adc/hbv paths and finding coordinates."""
-    rows = read_csv_checked(table, ("t2w", "adc", "hbv", "x", "y", "z"))
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        key = (row.get("patient_id") or "study", row.get("study_id") or "1")
-        groups[key].append(row)
-    studies = []
-    for (pid, sid), group in groups.items():
-        first = group[0]
-        paths = {seq: table.parent / first[seq] for seq in SEQUENCES}
-        images = {seq: read_image(paths[seq], pid, seq) for seq in SEQUENCES}
-        study = Study(
-            site=first.get("site") or "unknown",
-            patient_id=pid,
-            study_id=sid,
-            images=images,
-            findings=_table_findings(group, pid, str(table)),
-            source_paths={seq: str(p) for seq, p in paths.items()} | {"findings": str(table)},
-        )
-        validate_study(study)
-        studies.append(study)
-    return studies
-
-
-def _with_findings(study: Study, table: Path, rows: list[dict]) -> Study:
-    own = [r for r in rows if r.get("patient_id") in (None, "", study.patient_id)]
-    findings = _table_findings(own, study.patient_id, str(table))
-    study = dataclasses.replace(study, findings=findings, case_label=None, lesion_mask=None)
-    study.source_paths["findings"] = str(table)
-    validate_study(study)
-    return study
-
-
-def _dataset_studies(path: Path, seed: int, negatives: int, patient: str | None):
-    """Studies of the dataset that ``path`` is (or lies in); None when it is in none."""
-    root = _enclosing_root(path)
-    if root is None:
-        return None
-    folder, fmt = root
-    _, refs, errors = list_studies(folder, fmt)
-    if folder != path:
-        refs = [r for r in refs if any(_under(p, path) for p in r.paths.values())]
-        errors = [
-            e
-            for e in errors
-            if e.patient_id == path.name or (e.path and _under(e.path.split(":")[0], path))
-        ]
-        if not refs and not errors:
-            return None  # an unrelated layout above a bare study folder
-    if patient is not None:
-        refs = [r for r in refs if r.patient_id == patient]
-    if errors and not refs:
-        raise errors[0]
-    if not refs:
-        raise DataFormatError(f"{path}: no study found in this {fmt} dataset")
-    return [load_study(r, seed=seed, negatives=negatives) for r in refs]
-
-
-def resolve_studies(
-    study: str | Path | None,
-    findings: str | Path | None = None,
-    seed: int = 0,
-    negatives: int = 0,
-    patient: str | None = None,
-) -> list[Study]:
-    """Read every study the inputs name (see the module docstring)."""
-    table_rows = None
-    if findings is not None:
-        table = Path(findings)
-        if not table.is_file():
-            raise DataFormatError(f"{table}: findings CSV not found")
-        with table.open(newline="", encoding="utf-8-sig") as fh:
-            columns = next(csv.reader(fh), [])
-        if all(seq in columns for seq in SEQUENCES):
-            return _studies_from_image_table(table)
-        table_rows = read_csv_checked(table, ("x", "y", "z"))
-    if study is None:
-        raise DataFormatError("give --study PATH (or --findings CSV with t2w, adc, hbv columns)")
-    path = Path(study).resolve()
-    if not path.exists():
-        raise DataFormatError(f"{path}: no such file or folder")
-    studies = _dataset_studies(path, seed, negatives, patient)
-    if studies is None:
-        if not path.is_dir():
-            raise DataFormatError(f"{path}: not a study folder or dataset (see `predict --help`)")
-        images = _bare_images(path)
-        pid = patient or path.name
-        studies = [Study("unknown", pid, path.name, images, source_paths={"t2w": str(path)})]
-    if table_rows is not None:
-        studies = [_with_findings(s, Path(findings), table_rows) for s in studies]
-    return studies
 
 
 def study_findings_crops(study: Study, meta: dict):

@@ -1,12 +1,12 @@
-"""Listing and loading studies from any supported on-disk layout.
+"""What every format reader shares: where a study lives (:class:`StudyRef`) and the checks and
+helpers that make every format behave alike (safe image reading, label checks, connected-component
+findings, sampled negatives, the final study validation).
 
-Every format module exposes ``list_refs(src, **opts) -> (refs, errors)`` and
+A format module (``picai``, ``prostatex``, ``prostate158``, ``generic``) exposes ``NAME``,
+``detect(src) -> bool``, ``list_refs(src, **opts) -> (refs, errors)`` and
 ``load(ref, seed, **opts) -> Study``. Listing is cheap (paths and table rows only); loading reads
-images and may raise :class:`StudyError`. Helpers shared by all readers (safe image reading, label
-checks, connected-component findings, sampled negatives) live here so every format behaves alike.
-
-Formats: ``picai`` (images + picai_labels), ``prostatex`` (DICOM + findings CSV), ``prostate158``
-(NIfTI folders) and ``generic`` (one findings CSV with image paths, see ``reader_other``).
+images and may raise :class:`StudyError`. Format modules import this module, never the registry
+(``registry.py``) that chooses between them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from scipy import ndimage
 
 from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
 
-FORMATS = ("picai", "prostatex", "prostate158", "generic")
 NEGATIVE_MARGIN_MM = 10.0  # sampled negatives stay at least this far from any lesion voxel
 
 
@@ -52,69 +51,6 @@ class StudyRef:
     @property
     def main_path(self) -> str:
         return self.paths.get("t2w") or next(iter(self.paths.values()), "")
-
-
-def _module(fmt: str):
-    if fmt == "picai":
-        from fedprostate.data.formats import picai as mod
-    elif fmt == "prostatex":
-        from fedprostate.data.formats import prostatex as mod
-    elif fmt in ("prostate158", "generic"):
-        from fedprostate.data.formats import other as mod
-    else:
-        raise DataFormatError(f"unknown format {fmt!r}; choose one of {FORMATS} or 'auto'")
-    return mod
-
-
-def detect_format(src: str | Path) -> str:
-    """Guess the layout of ``src`` from the files that mark each format."""
-    src = Path(src)
-    if src.is_file() and src.suffix == ".csv":
-        return "generic"
-    if (src / "labels" / "clinical_information" / "marksheet.csv").exists():
-        return "picai"
-    if (src / "marksheet.csv").exists() and (src / "images").is_dir():
-        return "picai"
-    if (src / "ProstateX-Findings-Train.csv").exists() or any(src.glob("ProstateX-Findings*.csv")):
-        return "prostatex"
-    if (src / "findings.csv").exists():
-        return "generic"
-    if any(src.glob("*/t2.nii.gz")):
-        return "prostate158"
-    raise DataFormatError(
-        f"{src}: cannot detect the data format (no marksheet, findings CSV or t2.nii.gz)"
-    )
-
-
-def list_studies(
-    src: str | Path, fmt: str = "auto", **opts
-) -> tuple[str, list[StudyRef], list[StudyError]]:
-    """Return (format, refs, listing errors). Listing errors are studies already known to be bad."""
-    fmt = detect_format(src) if fmt == "auto" else fmt
-    if fmt == "generic":
-        from fedprostate.data.formats.other import list_generic
-
-        refs, errors = list_generic(Path(src), **opts)
-    elif fmt == "prostate158":
-        from fedprostate.data.formats.other import list_prostate158
-
-        refs, errors = list_prostate158(Path(src), **opts)
-    else:
-        refs, errors = _module(fmt).list_refs(Path(src), **opts)
-    return fmt, refs, errors
-
-
-def load_study(ref: StudyRef, seed: int = 0, **opts) -> Study:
-    """Read one study's images and labels; raise StudyError naming the file and patient."""
-    if ref.fmt == "generic":
-        from fedprostate.data.formats.other import load_generic as load
-    elif ref.fmt == "prostate158":
-        from fedprostate.data.formats.other import load_prostate158 as load
-    else:
-        load = _module(ref.fmt).load
-    study = load(ref, seed=seed, **opts)
-    validate_study(study)
-    return study
 
 
 # ---------------------------------------------------------------- shared helpers for readers

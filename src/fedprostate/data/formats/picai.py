@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
 from fedprostate.data.formats.base import (
+    DataFormatError,
     StudyRef,
     check_label_values,
     mask_findings,
@@ -39,8 +40,13 @@ from fedprostate.data.formats.base import (
 )
 from fedprostate.data.study import SEQUENCES, Study, StudyError
 
+NAME = "picai"
 LABEL_FOLDERS = ("human_expert/resampled", "human_expert/original", "AI/Bosma22a")
 GLAND_FOLDER = "anatomical_delineations/whole_gland/AI/Bosma22b"
+# The layout, relative to the dataset root (also what ``data synth`` writes).
+MARKSHEET = Path("labels/clinical_information/marksheet.csv")
+LESION_DIR = Path("labels/csPCa_lesion_delineations/human_expert/resampled")
+GLAND_DIR = Path("labels") / GLAND_FOLDER
 REQUIRED_COLUMNS = ("patient_id", "study_id", "case_csPCa")
 CLINICAL_COLUMNS = {
     "psa": "psa",
@@ -50,16 +56,27 @@ CLINICAL_COLUMNS = {
 }
 
 
+def detect(src: Path) -> bool:
+    return (src / MARKSHEET).exists() or (
+        (src / "marksheet.csv").exists() and (src / "images").is_dir()
+    )
+
+
 def marksheet_path(src: Path) -> Path:
-    for path in (src / "labels" / "clinical_information" / "marksheet.csv", src / "marksheet.csv"):
+    for path in (src / MARKSHEET, src / "marksheet.csv"):
         if path.exists():
             return path
-    return src / "labels" / "clinical_information" / "marksheet.csv"
+    return src / MARKSHEET
+
+
+def image_paths(src: Path, pid: str, sid: str) -> dict[str, Path]:
+    """``images/<pid>/<pid>_<sid>_{t2w,adc,hbv}.mha``."""
+    return {seq: Path(src) / "images" / pid / f"{pid}_{sid}_{seq}.mha" for seq in SEQUENCES}
 
 
 def _paths(src: Path, pid: str, sid: str, labels: str) -> dict[str, str]:
     key = f"{pid}_{sid}"
-    paths = {seq: str(src / "images" / pid / f"{key}_{seq}.mha") for seq in SEQUENCES}
+    paths = {seq: str(p) for seq, p in image_paths(src, pid, sid).items()}
     label_root = src / "labels" / "csPCa_lesion_delineations" / labels
     paths["lesion"] = str(label_root / f"{key}.nii.gz")
     paths["gland"] = str(src / "labels" / GLAND_FOLDER / f"{key}.nii.gz")
@@ -70,8 +87,6 @@ def list_refs(
     src: Path, labels: str = "human_expert/resampled", **_
 ) -> tuple[list[StudyRef], list[StudyError]]:
     if labels not in LABEL_FOLDERS:
-        from fedprostate.data.formats.base import DataFormatError
-
         raise DataFormatError(f"--labels {labels!r}: choose one of {LABEL_FOLDERS}")
     sheet = marksheet_path(src)
     rows = read_csv_checked(sheet, REQUIRED_COLUMNS)

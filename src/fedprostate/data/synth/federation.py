@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedprostate.data.formats.picai import MARKSHEET
 from fedprostate.data.synth.exam import generate_study
 from fedprostate.data.synth.sites import (
     _CATALOG,
@@ -27,7 +28,6 @@ from fedprostate.data.synth.sites import (
 from fedprostate.data.synth.writers import (
     FINDINGS,
     FINDINGS_COLUMNS,
-    MARKSHEET,
     MARKSHEET_COLUMNS,
     PROSTATEX_COLUMNS,
     finding_rows,

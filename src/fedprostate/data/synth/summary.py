@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own convention)
 
+from fedprostate.data.formats.dicom import SERIES
+from fedprostate.data.formats.picai import image_paths
 from fedprostate.data.study import StudyError
-from fedprostate.data.synth.writers import FINDINGS, SERIES, picai_image_paths
+from fedprostate.data.synth.writers import FINDINGS
 
 STUDIES = Path("truth/studies.csv")
 
@@ -66,7 +68,7 @@ def load_adc(
     if layout == "prostatex":
         img = _dicom_series(root / finding["patient_id"], SERIES["adc"][1])
         return img, sitk.GetArrayFromImage(img).astype(np.float32)
-    path = picai_image_paths(root, finding["patient_id"], finding["study_id"])["adc"]
+    path = image_paths(root, finding["patient_id"], finding["study_id"])["adc"]
     if not path.is_file():
         raise StudyError(finding["patient_id"], "ADC file missing", path)
     img = sitk.ReadImage(str(path))
@@ -122,7 +124,7 @@ def _site_samples(root: Path, layout: str, rows: list[dict], per_site: int) -> d
         if layout == "prostatex":
             imgs = {s: _dicom_series(root / r["patient_id"], SERIES[s][1]) for s in SERIES}
         else:
-            paths = picai_image_paths(root, r["patient_id"], r["study_id"])
+            paths = image_paths(root, r["patient_id"], r["study_id"])
             imgs = {s: sitk.ReadImage(str(p)) for s, p in paths.items()}
         for seq, img in imgs.items():
             arr = (adc_to_micro(img, units[site]) if seq == "adc" and layout == "picai"

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the library's own convention)
 
+from fedprostate.data.formats.dicom import SERIES
+from fedprostate.data.formats.picai import GLAND_DIR, LESION_DIR, image_paths
 from fedprostate.data.synth.exam import SynthStudy
 from fedprostate.data.synth.sites import SiteProfile
 
@@ -22,25 +24,12 @@ FINDINGS_COLUMNS = [
     "kind", "radius_mm", "in_mask",
 ]  # fmt: skip
 PROSTATEX_COLUMNS = ["ProxID", "fid", "pos", "zone", "ClinSig"]
-LESION_DIR = Path("labels/csPCa_lesion_delineations/human_expert/resampled")
-GLAND_DIR = Path("labels/anatomical_delineations/whole_gland/AI/Bosma22b")
-MARKSHEET = Path("labels/clinical_information/marksheet.csv")
 FINDINGS = Path("truth/findings.csv")
-SERIES = {  # sequence -> (series number, SeriesDescription as in ProstateX)
-    "t2w": (4, "t2_tse_tra"),
-    "adc": (7, "ep2d_diff_tra_ADC"),
-    "hbv": (8, "ep2d_diff_tra_CALC_BVAL"),
-}
 _UID_ROOT = "1.2.826.0.1.3680043.8.498"  # a public example root for generated UIDs
 
 
-def picai_image_paths(root: Path, patient_id: str, study_id: str) -> dict[str, Path]:
-    folder = Path(root) / "images" / patient_id
-    return {seq: folder / f"{patient_id}_{study_id}_{seq}.mha" for seq in ("t2w", "adc", "hbv")}
-
-
 def write_picai_images(root: Path, study: SynthStudy) -> None:
-    for seq, path in picai_image_paths(root, study.patient_id, study.study_id).items():
+    for seq, path in image_paths(root, study.patient_id, study.study_id).items():
         path.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(study.images[seq], str(path), True)
 

@@ -1,14 +1,4 @@
-"""Prostate158 and generic readers.
-
-**Prostate158** — ``DIR/<id>/{t2,adc,dwi}.nii.gz`` with tumour masks ``t2_tumor_reader1.nii.gz``
-(on the T2 grid; ``adc_tumor_reader1.nii.gz`` on the ADC grid is used when the T2 one is absent)
-and zonal anatomy ``t2_anatomy_reader1.nii.gz`` (1 = TZ, 2 = PZ; their union is the gland).
-Findings are the connected components of the tumour mask; its masks are binary (1 = csPCa), so
-as with AI masks ``isup=1`` is kept and the finding counts as csPCa. The zone is read from the
-anatomy mask at the centroid. Case label = any tumour voxel. Negatives are sampled as for PI-CAI.
-Site = ``prostate158``, patient_id = study_id = the folder name.
-
-**Generic** — one CSV (``--src`` is the CSV itself, or a folder holding ``findings.csv``), one row
+"""Generic reader: one CSV (``--src`` is the CSV itself, or a folder holding ``findings.csv``), one row
 per finding, paths relative to the CSV's folder, images in any SimpleITK format (NIfTI, MHA, ...):
 
 =========== =============================================================
@@ -41,93 +31,22 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
-from fedprostate.data.formats.base import (
-    StudyRef,
-    check_label_values,
-    mask_findings,
-    on_grid,
-    read_csv_checked,
-    read_image,
-    sample_negatives,
-    study_rng,
-)
+from fedprostate.data.formats.base import StudyRef, on_grid, read_csv_checked, read_image
 from fedprostate.data.study import SEQUENCES, ZONES, Finding, Study, StudyError
 
-P158_FILES = {"t2w": "t2.nii.gz", "adc": "adc.nii.gz", "hbv": "dwi.nii.gz"}
-P158_ZONES = {1: "TZ", 2: "PZ"}
+NAME = "generic"
 GENERIC_COLUMNS = ("patient_id", "study_id", "site", "t2w", "adc", "hbv", "x", "y", "z", "label")
 
 
-def list_prostate158(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
-    refs = []
-    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
-        if not any((folder / name).exists() for name in P158_FILES.values()):
-            continue
-        paths = {seq: str(folder / name) for seq, name in P158_FILES.items()}
-        for name in ("t2_tumor_reader1", "adc_tumor_reader1", "t2_anatomy_reader1"):
-            paths[name] = str(folder / f"{name}.nii.gz")
-        refs.append(StudyRef("prostate158", "prostate158", folder.name, folder.name, paths))
-    return refs, []
-
-
-def load_prostate158(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
-    pid = ref.patient_id
-    images = {seq: read_image(ref.paths[seq], pid, seq) for seq in SEQUENCES}
-    t2 = images["t2w"]
-    lesion = None
-    for name in ("t2_tumor_reader1", "adc_tumor_reader1"):
-        if Path(ref.paths[name]).exists():
-            mask = read_image(ref.paths[name], pid, "tumour mask")
-            check_label_values(mask, pid, ref.paths[name])
-            lesion = on_grid(sitk.Cast(mask, sitk.sitkUInt8), t2)
-            break
-    gland = anatomy = None
-    if Path(ref.paths["t2_anatomy_reader1"]).exists():
-        anatomy = on_grid(
-            sitk.Cast(
-                read_image(ref.paths["t2_anatomy_reader1"], pid, "anatomy mask"), sitk.sitkUInt8
-            ),
-            t2,
-        )
-        gland = sitk.Cast(anatomy > 0, sitk.sitkUInt8)
-    findings = mask_findings(lesion, prefix="T") if lesion is not None else []
-    if anatomy is not None:
-        findings = [_with_zone(f, anatomy) for f in findings]
-    findings += sample_negatives(t2, gland, lesion, negatives, study_rng(seed, ref.key))
-    return Study(
-        site=ref.site,
-        patient_id=pid,
-        study_id=ref.study_id,
-        images=images,
-        findings=findings,
-        gland_mask=gland,
-        lesion_mask=lesion,
-        case_label=int(any(f.clinsig for f in findings)),
-        source_paths={k: v for k, v in ref.paths.items() if Path(v).exists()},
-    )
-
-
-def _with_zone(finding: Finding, anatomy: sitk.Image) -> Finding:
-    idx = anatomy.TransformPhysicalPointToIndex(finding.world_mm)
-    size = anatomy.GetSize()
-    value = anatomy[idx] if all(0 <= i < s for i, s in zip(idx, size, strict=True)) else 0
-    zone = P158_ZONES.get(int(value), "unknown")
-    return Finding(
-        finding.finding_id,
-        finding.world_mm,
-        zone,
-        finding.isup,
-        finding.clinsig,
-        finding.source,
-        finding.radius_mm,
-    )
+def detect(src: Path) -> bool:
+    return (src.is_file() and src.suffix == ".csv") or (src / "findings.csv").exists()
 
 
 def _generic_csv(src: Path) -> Path:
     return src if src.is_file() else src / "findings.csv"
 
 
-def list_generic(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
+def list_refs(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
     table = _generic_csv(src)
     rows = read_csv_checked(table, GENERIC_COLUMNS)
     base = table.parent
@@ -190,7 +109,7 @@ def _generic_finding(row: dict, pid: str, where: str) -> Finding | None:
     )
 
 
-def load_generic(ref: StudyRef, seed: int = 0, **_) -> Study:
+def load(ref: StudyRef, seed: int = 0, **_) -> Study:
     pid = ref.patient_id
     for seq in SEQUENCES:
         if seq not in ref.paths:

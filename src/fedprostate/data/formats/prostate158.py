@@ -1,0 +1,102 @@
+"""Prostate158 reader: ``DIR/<id>/{t2,adc,dwi}.nii.gz`` with tumour masks ``t2_tumor_reader1.nii.gz``
+(on the T2 grid; ``adc_tumor_reader1.nii.gz`` on the ADC grid is used when the T2 one is absent)
+and zonal anatomy ``t2_anatomy_reader1.nii.gz`` (1 = TZ, 2 = PZ; their union is the gland).
+Findings are the connected components of the tumour mask; its masks are binary (1 = csPCa), so
+as with AI masks ``isup=1`` is kept and the finding counts as csPCa. The zone is read from the
+anatomy mask at the centroid. Case label = any tumour voxel. Negatives are sampled as for PI-CAI.
+Site = ``prostate158``, patient_id = study_id = the folder name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import SimpleITK as sitk  # noqa: N813
+
+from fedprostate.data.formats.base import (
+    StudyRef,
+    check_label_values,
+    mask_findings,
+    on_grid,
+    read_image,
+    sample_negatives,
+    study_rng,
+)
+from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
+
+P158_FILES = {"t2w": "t2.nii.gz", "adc": "adc.nii.gz", "hbv": "dwi.nii.gz"}
+P158_ZONES = {1: "TZ", 2: "PZ"}
+
+
+NAME = "prostate158"
+
+
+def detect(src: Path) -> bool:
+    return src.is_dir() and any(src.glob("*/t2.nii.gz"))
+
+
+def list_refs(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
+    refs = []
+    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
+        if not any((folder / name).exists() for name in P158_FILES.values()):
+            continue
+        paths = {seq: str(folder / name) for seq, name in P158_FILES.items()}
+        for name in ("t2_tumor_reader1", "adc_tumor_reader1", "t2_anatomy_reader1"):
+            paths[name] = str(folder / f"{name}.nii.gz")
+        refs.append(StudyRef("prostate158", "prostate158", folder.name, folder.name, paths))
+    return refs, []
+
+
+def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
+    pid = ref.patient_id
+    images = {seq: read_image(ref.paths[seq], pid, seq) for seq in SEQUENCES}
+    t2 = images["t2w"]
+    lesion = None
+    for name in ("t2_tumor_reader1", "adc_tumor_reader1"):
+        if Path(ref.paths[name]).exists():
+            mask = read_image(ref.paths[name], pid, "tumour mask")
+            check_label_values(mask, pid, ref.paths[name])
+            lesion = on_grid(sitk.Cast(mask, sitk.sitkUInt8), t2)
+            break
+    gland = anatomy = None
+    if Path(ref.paths["t2_anatomy_reader1"]).exists():
+        anatomy = on_grid(
+            sitk.Cast(
+                read_image(ref.paths["t2_anatomy_reader1"], pid, "anatomy mask"), sitk.sitkUInt8
+            ),
+            t2,
+        )
+        gland = sitk.Cast(anatomy > 0, sitk.sitkUInt8)
+    findings = mask_findings(lesion, prefix="T") if lesion is not None else []
+    if anatomy is not None:
+        findings = [_with_zone(f, anatomy) for f in findings]
+    findings += sample_negatives(t2, gland, lesion, negatives, study_rng(seed, ref.key))
+    return Study(
+        site=ref.site,
+        patient_id=pid,
+        study_id=ref.study_id,
+        images=images,
+        findings=findings,
+        gland_mask=gland,
+        lesion_mask=lesion,
+        case_label=int(any(f.clinsig for f in findings)),
+        source_paths={k: v for k, v in ref.paths.items() if Path(v).exists()},
+    )
+
+
+def _with_zone(finding: Finding, anatomy: sitk.Image) -> Finding:
+    idx = anatomy.TransformPhysicalPointToIndex(finding.world_mm)
+    size = anatomy.GetSize()
+    value = anatomy[idx] if all(0 <= i < s for i, s in zip(idx, size, strict=True)) else 0
+    zone = P158_ZONES.get(int(value), "unknown")
+    return Finding(
+        finding.finding_id,
+        finding.world_mm,
+        zone,
+        finding.isup,
+        finding.clinsig,
+        finding.source,
+        finding.radius_mm,
+    )
+
+
