@@ -24,9 +24,9 @@ from rich.table import Table
 from fedprostate.config import RunConfig
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
 from fedprostate.eval.metrics import auroc_ci
-from fedprostate.fl.simulation import federate
+from fedprostate.runs.federated import federate
+from fedprostate.records import predictions
 from fedprostate.report.plots import plot_auroc_vs_mb
-from fedprostate.report.run_data import read_predictions
 
 ALPHA, MARGIN = 0.05, 0.02
 # arm name → (fine-tuning method, uplink codec, error feedback)
@@ -68,7 +68,7 @@ def arm_result(run: Path, target: float, reference: list[dict] | None) -> dict:
             curve.append((max(cum, 1e-6), entry["test"]["auroc"]))
             if cum_at_target is None and entry["round"] > 0 and entry["val"]["auroc"] >= target:
                 cum_at_target = cum
-    test = read_predictions(run / "predictions_test_best.csv")
+    test = predictions.read(run / "predictions_test_best.csv")
     ci = auroc_ci(test)
     out = {
         "up_mb": summary["uplink_mb_per_client_round"],

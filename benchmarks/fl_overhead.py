@@ -28,7 +28,7 @@ from fedprostate.data.prepare import prepare
 from fedprostate.data.synth.federation import synthesize
 from fedprostate.engine import setup
 from fedprostate.engine.loop import train_local
-from fedprostate.fl.simulation import federate
+from fedprostate.runs.federated import federate
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ from rich.table import Table
 from fedprostate.demo import load_demo_config
 from fedprostate.eval.compare import compare_models
 from fedprostate.eval.metrics import auroc_ci
-from fedprostate.fl.simulation import federate
-from fedprostate.report.run_data import read_predictions
+from fedprostate.runs.federated import federate
+from fedprostate.records import predictions
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
                 ),
                 None,
             )
-            test = read_predictions(run / "predictions_test_best.csv")
+            test = predictions.read(run / "predictions_test_best.csv")
             ci = auroc_ci(test)
             summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
             results[name] = {

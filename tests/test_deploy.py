@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fedprostate.cli import app
 from fedprostate.fl.deploy.certs import make_node_keys, make_server_certificates
 from fedprostate.fl.deploy.deployment import LocalDeployment
-from fedprostate.fl.simulation import federate
+from fedprostate.runs.federated import federate
 from fl_fixtures import tiny_config, write_tiny_cache
 
 pytestmark = pytest.mark.slow

@@ -13,14 +13,15 @@ from safetensors.numpy import load_file
 
 from fedprostate.config import TrainConfig
 from fedprostate.engine.loop import kd_loss, train_local
+from fedprostate.models.bundle import load_teacher
+from fedprostate.records import predictions
 from fedprostate.runs.distill import (
     distill_report,
     footprint,
-    load_teacher,
     report_markdown,
     student_config,
 )
-from fedprostate.runs.export import export_run, read_predictions
+from fedprostate.runs.export import export_run
 from fedprostate.runs.pooled import centralize
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -123,7 +124,7 @@ def test_footprint_counts_and_times():
 @pytest.mark.slow
 def test_federated_and_centralized_distillation_report(teacher):
     """One Flower simulation (federated KD) + centralized with and without the teacher."""
-    from fedprostate.fl.simulation import federate
+    from fedprostate.runs.federated import federate
 
     root, bundle, cfg = teacher
     cfg = cfg.replace(**{"fl.rounds": 2, "distill.alpha": 0.7})
@@ -145,7 +146,7 @@ def test_federated_and_centralized_distillation_report(teacher):
         ("centralized_kd", "cen_kd"),
     ):
         export_run(root / run, root / run / "bundle", formats=("bundle",), n_boot=20)
-        rows = read_predictions(root / run / "predictions_test_best.csv")
+        rows = predictions.read(root / run / "predictions_test_best.csv")
         students[name] = {"bundle": root / run / "bundle", "rows": rows}
     report = distill_report(bundle, students, cfg, n_boot=50, n_latency=5)
     kd = report["students"]["student_kd"]

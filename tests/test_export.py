@@ -18,7 +18,8 @@ from fedprostate.engine.setup import build_model, load_communicated
 from fedprostate.eval.metrics import choose_threshold
 from fedprostate.models.backbones import create_backbone, input_conv_key
 from fedprostate.models.bundle import BundleError, load_bundle
-from fedprostate.runs.export import export_run, onnx_logits, read_predictions
+from fedprostate.records import predictions
+from fedprostate.runs.export import export_run, onnx_logits
 from fedprostate.runs.pooled import centralize
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -74,7 +75,7 @@ def test_bundle_metadata_threshold_hash_and_card(lora):
     assert not any("lora" in k for k in model.state_dict())  # merged: plain timm keys
     assert meta["arch"] == "swin_test" and meta["crop"] == 32 and meta["spacing"] == 0.5
     assert meta["channels"] == ["t2w", "adc", "hbv"]
-    val = read_predictions(run / "predictions_val_best.csv")
+    val = predictions.read(run / "predictions_val_best.csv")
     expected = choose_threshold([r["label"] for r in val], [r["score"] for r in val], "youden")
     assert meta["threshold"] == pytest.approx(expected)
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
@@ -99,8 +100,7 @@ def test_running_a_bundle_does_not_import_peft(lora):
                     raise ImportError("peft is blocked in this test")
         sys.meta_path.insert(0, Block())
         import numpy as np, torch
-        from fedprostate.models.bundle import load_bundle, predict_proba
-        from fedprostate.runs.distill import load_teacher
+        from fedprostate.models.bundle import load_bundle, load_teacher, predict_proba
         model, meta = load_bundle({str(bundle)!r})
         x = np.random.default_rng(0).normal(0.5, 0.2, (3, 3, 32, 32)).astype(np.float32)
         p = predict_proba(model, x)
@@ -110,12 +110,15 @@ def test_running_a_bundle_does_not_import_peft(lora):
         print("OK", p.round(6).tolist())
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK")
     # the block really works: importing the peft-based fine-tuning code fails under it
     blocked = code.replace(
-        "from fedprostate.models.bundle", "import fedprostate.models.finetune\nfrom fedprostate.models.bundle"
+        "from fedprostate.models.bundle",
+        "import fedprostate.models.finetune\nfrom fedprostate.models.bundle",
     )
     assert subprocess.run([sys.executable, "-c", blocked], capture_output=True).returncode != 0
 

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.fl import wire
-from fedprostate.fl.simulation import federate
+from fedprostate.runs.federated import federate
 from fl_fixtures import tiny_config, write_tiny_cache
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,6 @@ from fedprostate.data.study import StudyError
 from fedprostate.eval.baselines import (
     adc_rule_predictions,
     median_psad,
-    prediction_rows,
     psad_predictions,
 )
 from fedprostate.eval.bootstrap import (
@@ -30,6 +29,7 @@ from fedprostate.eval.metrics import (
     expected_calibration_error,
     sens_spec,
 )
+from fedprostate.records import predictions
 
 
 def _rows(labels, scores, patients=None, sites=None, sources=None):
@@ -249,4 +249,4 @@ def test_adc_and_psad_baselines():
     index[2]["adc_mean"] = None
     with pytest.raises(StudyError, match="patient 2"):
         adc_rule_predictions(index)
-    assert prediction_rows(index[:1], [0.5])[0]["finding_id"] == "a"
+    assert predictions.from_index(index[:1], [0.5])[0]["finding_id"] == "a"

@@ -22,6 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from fedprostate.config import RunConfig, flatten
+from fedprostate.report.run_report import fmt_ci, write_run_report
+from fedprostate.runs.federated import federate
+from fedprostate.study.cells import StudyPaths
+from fedprostate.study.config import DataPlan, PretrainPlan, StudyConfig
+from fedprostate.study.inputs import ensure_caches, ensure_foundations, synthesize_raw
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
 
@@ -120,10 +125,6 @@ def run_demo(
 
 
 def _run_demo(out, config, overrides, quick, console) -> dict:
-    from fedprostate.study.cells import StudyPaths
-    from fedprostate.study.config import DataPlan, PretrainPlan, StudyConfig
-    from fedprostate.study.inputs import ensure_caches, ensure_foundations
-
     console = console or Console()
     plan, run_cfg = load_demo_config(config, overrides, quick)
     out = Path(out).resolve()
@@ -149,7 +150,6 @@ def _run_demo(out, config, overrides, quick, console) -> dict:
     timings, t_all = {}, time.time()
     t = _step(console, 1, f"synthesize {plan.sites} sites, {plan.patients} patients "
                           f"+ {plan.unlabeled} unlabeled studies")  # fmt: skip
-    from fedprostate.study.inputs import synthesize_raw
 
     synthesize_raw(out / "data" / "raw", study, console)
     timings["synthesize"] = time.time() - t
@@ -172,12 +172,9 @@ def _run_demo(out, config, overrides, quick, console) -> dict:
         console.print(f"[dim]{run_dir}: finished earlier, kept[/dim]")
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     else:
-        from fedprostate.fl.simulation import federate
-
         summary = federate(cfg, run_dir)
     timings["federate"] = time.time() - t
     t = _step(console, 5, "evaluate and write the report")
-    from fedprostate.report.run_report import write_run_report
 
     page = write_run_report(run_dir)
     timings["report"] = time.time() - t
@@ -190,8 +187,6 @@ def _run_demo(out, config, overrides, quick, console) -> dict:
 
 def _print_results(console: Console, run_dir: Path, timings: dict) -> None:
     import json
-
-    from fedprostate.report.run_report import fmt_ci
 
     ev = json.loads((run_dir / "evaluation.json").read_text(encoding="utf-8"))
     table = Table(title="demo results (test split, 95% CI by patient bootstrap)")

@@ -60,7 +60,8 @@ def federate(
     verbose: bool = typer.Option(False, help="Show Flower's debug log."),
 ) -> None:
     """Federated fine-tuning in a Flower simulation (one SuperNode per client)."""
-    from fedprostate.fl.simulation import federate as run_federated
+    from fedprostate.runs.federated import RunFailedError
+    from fedprostate.runs.federated import federate as run_federated
 
     if resume is not None:
         saved = resume / "config.toml"
@@ -73,7 +74,11 @@ def federate(
         raise typer.Exit(2)
     else:
         cfg = _load(config, overrides)
-    summary = run_federated(cfg, out, resume=resume is not None, verbose=verbose)
+    try:
+        summary = run_federated(cfg, out, resume=resume is not None, verbose=verbose)
+    except RunFailedError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     _show(summary, out)
 
 

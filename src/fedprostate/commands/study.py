@@ -41,7 +41,8 @@ def report_command(
     n_boot: int = typer.Option(None, help="Bootstrap resamples (default: the run's eval.n_boot)."),
 ) -> None:
     """Write RUN/report.html (self-contained) and RUN/report.md."""
-    from fedprostate.report.run_report import write_run_report, write_study_report
+    from fedprostate.report.run_report import write_run_report
+    from fedprostate.study.report import write_study_report
 
     try:
         if (run / "study.json").exists() and (run / "arms.json").exists():

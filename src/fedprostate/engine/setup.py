@@ -19,6 +19,7 @@ from fedprostate.config import RunConfig
 from fedprostate.data.cache import CropDataset, load_index
 from fedprostate.data.splits import partition
 from fedprostate.models.backbones import create_backbone
+from fedprostate.models.bundle import load_teacher
 from fedprostate.models.finetune import (
     Finetuned,
     FinetuneSpec,
@@ -100,8 +101,6 @@ def teacher_model(cfg: RunConfig) -> torch.nn.Module | None:
     if not cfg.distill.teacher:
         return None
     if cfg.distill.teacher not in _TEACHERS:
-        from fedprostate.runs.distill import load_teacher
-
         _TEACHERS[cfg.distill.teacher] = load_teacher(cfg.distill.teacher)
     return _TEACHERS[cfg.distill.teacher]
 
@@ -131,6 +130,42 @@ def local_state(ft: Finetuned) -> dict[str, torch.Tensor]:
 def set_local_state(ft: Finetuned, tensors: dict[str, torch.Tensor]) -> None:
     if tensors:
         ft.model.load_state_dict(tensors, strict=False)
+
+
+# ---- run folder -------------------------------------------------------------------------------
+
+
+def prepare_run_config(cfg: RunConfig, out: str | Path, resume: bool = False) -> RunConfig:
+    """Absolute paths (Flower's processes run elsewhere) and one torch thread per client CPU."""
+    changes: dict = {"out": str(Path(out).resolve()), "resume": resume}
+    if cfg.data.cache:
+        changes["data.cache"] = str(Path(cfg.data.cache).resolve())
+    if cfg.model.foundation:
+        changes["model.foundation"] = str(Path(cfg.model.foundation).resolve())
+    if cfg.train.threads == 0:
+        changes["train.threads"] = max(1, int(cfg.fl.client_cpus))
+    return cfg.replace(**changes)
+
+
+def summary_head(cfg: RunConfig, kind: str, bundle: ModelBundle | None, wall_s: float) -> dict:
+    """The fields every run kind's summary.json starts with (``records.run_folder`` schema)."""
+    head = {
+        "kind": kind,
+        "status": "finished",
+        "rounds": cfg.fl.rounds,
+        "method": cfg.finetune.method,
+        "arch": cfg.model.arch,
+        "wall_s": round(wall_s, 2),
+    }
+    if bundle is not None:
+        head["trainable_params"] = int(
+            sum(p.numel() for p in bundle.ft.model.parameters() if p.requires_grad)
+        )
+        head["communicated_params"] = int(
+            sum(np.prod(s) for s in communicated_shapes(bundle.ft).values())
+        )
+        head["foundation_sha256"] = bundle.foundation_sha256
+    return head
 
 
 # ---- data ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedprostate.data.study import StudyError
+from fedprostate.records import predictions
 
 
 def _missing(value) -> bool:
@@ -35,43 +36,15 @@ def _select(index_rows: Sequence[dict], split: str | None) -> list[dict]:
     return rows
 
 
-def finding_key(index_row: dict) -> str:
-    """Finding id of a crop: its finding_id, or "<study>:slice<k>" for organ-mode slices."""
-    fid = index_row.get("finding_id")
-    if fid is None or str(fid) == "":
-        return f"{index_row.get('study_id', '')}:slice{index_row.get('slice', -1)}"
-    return str(fid)
-
-
-def prediction_rows(index_rows: Sequence[dict], scores: Sequence[float]) -> list[dict]:
-    """Prediction rows (site, patient_id, finding_id, source, label, score, case_label) for
-    cache index rows and one score per row: the one way every model's output becomes rows."""
-    if len(index_rows) != len(scores):
-        raise ValueError(f"{len(index_rows)} index rows but {len(scores)} scores")
-    out = []
-    for row, score in zip(index_rows, scores, strict=True):
-        case = row.get("case_label")
-        out.append(
-            {
-                "site": str(row["site"]),
-                "patient_id": str(row["patient_id"]),
-                "finding_id": finding_key(row),
-                "source": str(row["source"]),
-                "label": int(row["label"]),
-                "score": float(score),
-                "case_label": None if _missing(case) else int(case),
-            }
-        )
-    return out
-
-
 def adc_rule_predictions(index_rows: Sequence[dict], split: str | None = "test") -> list[dict]:
     """Lesion-level rows scored by -adc_mean (ADC in 1e-6 mm^2/s; lower ADC = higher risk)."""
     rows = _select(index_rows, split)
     for r in rows:
         if _missing(r.get("adc_mean")):
-            raise StudyError(str(r["patient_id"]), f"no adc_mean for finding {finding_key(r)}")
-    return prediction_rows(rows, [-float(r["adc_mean"]) for r in rows])
+            raise StudyError(
+                str(r["patient_id"]), f"no adc_mean for finding {predictions.finding_key(r)}"
+            )
+    return predictions.from_index(rows, [-float(r["adc_mean"]) for r in rows])
 
 
 def median_psad(index_rows: Sequence[dict], split: str | None = "train") -> float:
@@ -110,6 +83,7 @@ def psad_predictions(
             {
                 "site": site,
                 "patient_id": pid,
+                "study_id": "",
                 "finding_id": "patient",
                 "source": "patient",
                 "label": label,

@@ -19,6 +19,7 @@ from scipy import stats
 from fedprostate.data.study import StudyError
 from fedprostate.eval.bootstrap import bootstrap_statistic, percentile_ci, weighted_auroc
 from fedprostate.eval.metrics import check_rows, patient_key
+from fedprostate.records import predictions
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 CLAIMS = ("superior", "noninferior")
@@ -158,7 +159,7 @@ def match_predictions(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> tuple:
     def keyed(rows, name):
         out = {}
         for r in rows:
-            key = (patient_key(r), str(r["finding_id"]))
+            key = (patient_key(r), predictions.finding_key(r))
             if key in out:
                 raise StudyError(str(r["patient_id"]), f"{name}: finding {key[1]} appears twice")
             out[key] = r

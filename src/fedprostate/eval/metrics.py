@@ -152,6 +152,7 @@ def aggregate_patients(rows: Sequence[dict], how: str = "max") -> list[dict]:
             {
                 "site": group[0]["site"],
                 "patient_id": group[0]["patient_id"],
+                "study_id": "",
                 "finding_id": "patient",
                 "source": "patient",
                 "label": label,

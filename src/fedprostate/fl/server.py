@@ -22,7 +22,8 @@ from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores, score_metrics
 from fedprostate.fl import wire
 from fedprostate.fl.strategies import make_strategy
-from fedprostate.records.run_folder import Checkpoint, RunRecorder, prediction_rows
+from fedprostate.records import predictions
+from fedprostate.records.run_folder import Checkpoint, RunRecorder
 
 log = logging.getLogger("fedprostate.server")
 
@@ -44,7 +45,7 @@ class BenchmarkScorer:
         for split, ds in self.sets.items():
             scores, labels = predict_scores(bundle.ft.model, ds)
             out[split] = score_metrics(labels, scores)
-            preds[split] = prediction_rows(ds.rows, scores, server_round)
+            preds[split] = predictions.from_index(ds.rows, scores, server_round)
         entry = {"round": server_round, "metrics": out, "predictions": preds}
         self.last = entry
         if server_round == 0:  # the untrained starting point is scored, never chosen
@@ -79,7 +80,7 @@ def run_server(grid, cfg: RunConfig) -> dict:
         log.info("resuming after round %d of %d", offset, cfg.fl.rounds)
     elif not cfg.resume:
         recorder.metrics_path.unlink(missing_ok=True)
-    recorder.write_config(cfg)
+    recorder.write_config(cfg.to_toml())
     strategy.attach(shapes, cfg.compress.downlink, cfg.seed, bundle.foundation_sha256, offset)
     scorer = BenchmarkScorer(cfg) if simulation else None
 
@@ -151,27 +152,27 @@ def summarize(
     mb = 1e6
     all_up = [b for v in up.values() for b in v]
     all_down = [b for v in down.values() for b in v]
+    accepted = sum(len(e.get("clients", [])) for e in rounds if e["round"] > 0)
+    rejected = [r for e in rounds for r in e.get("rejected", [])]
     summary = {
-        "rounds": cfg.fl.rounds,
+        **setup.summary_head(cfg, "federated", bundle, wall_s),
         "strategy": cfg.fl.strategy,
-        "method": cfg.finetune.method,
-        "arch": cfg.model.arch,
         "uplink_codec": cfg.compress.uplink,
-        "trainable_params": int(
-            sum(p.numel() for p in bundle.ft.model.parameters() if p.requires_grad)
-        ),
-        "communicated_params": int(
-            sum(np.prod(s) for s in setup.communicated_shapes(bundle.ft).values())
-        ),
-        "foundation_sha256": bundle.foundation_sha256,
         "uplink_mb_per_client_round": float(np.mean(all_up) / mb) if all_up else 0.0,
         "downlink_mb_per_client_round": float(np.mean(all_down) / mb) if all_down else 0.0,
         "uplink_mb_per_site": {s: float(np.mean(v) / mb) for s, v in sorted(up.items())},
         "downlink_mb_per_site": {s: float(np.mean(v) / mb) for s, v in sorted(down.items())},
         "total_mb": float((sum(all_up) + sum(all_down)) / mb),
-        "rejected_replies": sum(len(e.get("rejected", [])) for e in rounds),
-        "wall_s": round(wall_s, 2),
+        "rejected_replies": len(rejected),
     }
+    if accepted == 0 and any(e["round"] > 0 for e in rounds):
+        first = rejected[0]["reason"] if rejected else "no site replied"
+        summary["status"] = "failed"
+        summary["reason"] = (
+            f"no update was aggregated in any round ({len(rejected)} replies rejected; "
+            f"first: {first})"
+        )
+        return summary
     if scorer is not None and scorer.best is not None and scorer.last is not None:
         best, last = scorer.best, scorer.last
         summary.update(

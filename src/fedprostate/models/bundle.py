@@ -101,3 +101,11 @@ def predict_proba(model: nn.Module, crops: np.ndarray, batch_size: int = 64) -> 
         x = torch.from_numpy(np.ascontiguousarray(crops[start : start + batch_size], np.float32))
         out.append(torch.softmax(model(x).float(), dim=1)[:, 1].numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def load_teacher(path: str | Path) -> nn.Module:
+    """A frozen, eval-mode teacher from an exported bundle folder (no peft needed)."""
+    model, _ = load_bundle(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

@@ -7,7 +7,6 @@ that ``--resume`` continues from the last completed round.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -17,9 +16,26 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fedprostate.config import RunConfig
+from fedprostate.records import predictions
 
-PREDICTION_COLUMNS = ("site", "patient_id", "study_id", "finding_id", "source", "label", "score")
+RUN_KINDS = ("federated", "centralized", "local")
+STATUSES = ("finished", "failed")
+SUMMARY_KEYS = ("kind", "status", "rounds", "method", "arch", "wall_s")  # every summary
+FINISHED_KEYS = ("test_auroc",)  # a finished run also has these
+FAILED_KEYS = ("reason",)
+
+
+def check_summary(summary: dict[str, Any]) -> None:
+    """The summary.json schema every run kind writes (raises ValueError naming the problem)."""
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"run summary lacks {missing}")
+    if summary["kind"] not in RUN_KINDS or summary["status"] not in STATUSES:
+        raise ValueError(f"run summary kind/status {summary['kind']!r}/{summary['status']!r}")
+    needed = FINISHED_KEYS if summary["status"] == "finished" else FAILED_KEYS
+    missing = [k for k in needed if k not in summary]
+    if missing:
+        raise ValueError(f"a {summary['status']} run summary lacks {missing}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -49,8 +65,8 @@ class RunRecorder:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
 
-    def write_config(self, cfg: RunConfig) -> None:
-        atomic_write_text(self.dir / "config.toml", cfg.to_toml())
+    def write_config(self, toml_text: str) -> None:
+        atomic_write_text(self.dir / "config.toml", toml_text)
 
     # ---- per round -----------------------------------------------------------------------
     def save_checkpoint(self, ckpt: Checkpoint) -> None:
@@ -104,21 +120,13 @@ class RunRecorder:
 
     # ---- end of run ----------------------------------------------------------------------
     def write_predictions(self, split: str, tag: str, rows: list[dict[str, Any]]) -> Path:
-        path = self.dir / f"predictions_{split}_{tag}.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(
-                fh, fieldnames=[*PREDICTION_COLUMNS, "round"], extrasaction="ignore"
-            )
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-        return path
+        return predictions.write(self.dir / f"predictions_{split}_{tag}.csv", rows)
 
     def write_model(self, arrays: dict[str, np.ndarray]) -> None:
         atomic_save_tensors(self.dir / "model.safetensors", arrays)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        check_summary(summary)
         atomic_write_text(
             self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n"
         )
@@ -130,14 +138,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def prediction_rows(rows: list[dict], scores: np.ndarray, server_round: int) -> list[dict]:
-    return [
-        {
-            **{k: r.get(k, "") for k in PREDICTION_COLUMNS if k != "score"},
-            "score": float(s),
-            "round": server_round,
-        }
-        for r, s in zip(rows, scores, strict=True)
-    ]

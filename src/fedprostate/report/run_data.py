@@ -1,61 +1,27 @@
 """Read one run folder (federate / centralize / local) and score it with its baselines.
 
-Prediction CSVs carry (site, patient_id, study_id, finding_id, source, label, score). The crop
-cache index named in the run's config adds each finding's case label (for patient-level scores),
-mean ADC and PSA density (for the two baselines that need no deep learning). Findings are keyed
-by ``study_id:finding_id`` so organ-mode slices of different studies never collide.
+Prediction rows are ``fedprostate.records.predictions``'. The crop cache index named in the run's
+config adds each finding's case label (for patient-level scores), mean ADC and PSA density (for
+the two baselines that need no deep learning); rows and index rows are joined on
+(patient, ``predictions.finding_key``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedprostate.data.study import StudyError
+from fedprostate.data.cache import load_index
 from fedprostate.eval.baselines import adc_rule_predictions, median_psad, psad_predictions
 from fedprostate.eval.compare import compare_models
 from fedprostate.eval.metrics import aggregate_patients, evaluate_predictions, patient_key
-
-
-def finding_uid(row: dict) -> str:
-    fid = row.get("finding_id")
-    if fid is None or str(fid) == "":
-        fid = f"slice{row.get('slice', -1)}"
-    return f"{row.get('study_id', '')}:{fid}"
-
-
-def read_predictions(path: str | Path) -> list[dict]:
-    """Prediction rows of a run's CSV (typed), keyed with :func:`finding_uid`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such predictions file")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    out = []
-    for r in rows:
-        try:
-            label, score = int(r["label"]), float(r["score"])
-        except (KeyError, ValueError) as exc:
-            raise StudyError(r.get("patient_id", "?"), f"{path.name}: bad row ({exc})") from None
-        out.append(
-            {
-                "site": r["site"],
-                "patient_id": r["patient_id"],
-                "study_id": r.get("study_id", ""),
-                "finding_id": finding_uid(r),
-                "source": r.get("source", ""),
-                "label": label,
-                "score": score,
-            }
-        )
-    return out
+from fedprostate.records import predictions
 
 
 def _key(row: dict) -> tuple[str, str]:
-    return patient_key(row), str(row["finding_id"])
+    return patient_key(row), predictions.finding_key(row)
 
 
 @dataclass
@@ -91,9 +57,9 @@ def load_run(run_dir: str | Path, cache: str | Path | None = None) -> RunData:
         rounds = [
             json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()
         ]
-    test = read_predictions(run_dir / "predictions_test_best.csv")
+    test = predictions.read(run_dir / "predictions_test_best.csv")
     val_path = run_dir / "predictions_val_best.csv"
-    val = read_predictions(val_path) if val_path.exists() else []
+    val = predictions.read(val_path) if val_path.exists() else []
     data = RunData(run_dir, config, summary, rounds, test, val)
     cache = Path(cache) if cache else Path(config.get("data", {}).get("cache", ""))
     if cache and (cache / "index.csv").exists():
@@ -103,12 +69,8 @@ def load_run(run_dir: str | Path, cache: str | Path | None = None) -> RunData:
 
 def attach_index(data: RunData, cache: Path) -> None:
     """Join case labels onto the predictions and keep the index rows of the scored findings."""
-    from fedprostate.data.cache import load_index
 
-    by_key = {}
-    for r in load_index(cache):
-        row = {**r, "finding_id": finding_uid(r)}
-        by_key[(patient_key(row), row["finding_id"])] = row
+    by_key = {_key(r): r for r in load_index(cache)}
     for rows in (data.test, data.val):
         for r in rows:
             match = by_key.get(_key(r))
@@ -139,10 +101,7 @@ def adc_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[di
         r.get("adc_mean") is None or not math.isfinite(r["adc_mean"]) for r in index
     ):
         return None
-    rows = adc_rule_predictions(index, split=None)
-    for row, src in zip(rows, index, strict=True):
-        row["finding_id"] = src["finding_id"]
-    return rows
+    return adc_rule_predictions(index, split=None)
 
 
 def evaluate_run(data: RunData, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:

@@ -15,6 +15,7 @@ from fedprostate.report import plots
 from fedprostate.report.document import Doc
 from fedprostate.report.run_data import (
     RunData,
+    adc_baseline_rows,
     cumulative_mb,
     evaluate_run,
     load_run,
@@ -165,8 +166,6 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
     models = {"model": data.test}
     adc_rows = None
     if "mean-ADC rule" in evaluation["baselines"]:
-        from fedprostate.report.run_data import adc_baseline_rows
-
         adc_rows = adc_baseline_rows(data)
         models["mean-ADC rule"] = adc_rows
     if len({r["label"] for r in data.test}) == 2:
@@ -217,14 +216,4 @@ def write_run_report(
     return page
 
 
-def write_study_report(study_dir: str | Path) -> Path:
-    """Write DIR/report.html and DIR/report.md for a study run by ``fedprostate study``."""
-    from fedprostate.study.report import build_study_doc
-
-    study_dir = Path(study_dir)
-    doc = build_study_doc(study_dir)
-    _, page = doc.write(study_dir)
-    return page
-
-
-__all__ = ["write_run_report", "write_study_report", "fmt", "fmt_ci", "fmt_p", "cumulative_mb"]
+__all__ = ["write_run_report", "fmt", "fmt_ci", "fmt_p", "cumulative_mb"]

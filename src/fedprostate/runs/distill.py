@@ -2,7 +2,7 @@
 
 Federated distillation is an ordinary federated run of the student (``model.arch=<student>``,
 ``finetune.method=full``, no foundation) with ``distill.teacher`` set: every client loads the
-frozen teacher (:func:`load_teacher`) and trains with (1 − α)·CE + α·T²·KL (``train.kd_loss``);
+frozen teacher (:func:`fedprostate.models.bundle.load_teacher`) and trains with (1 − α)·CE + α·T²·KL (``train.kd_loss``);
 the server aggregates students with the configured strategy and codec. The centralized baseline
 is ``pooled.centralize`` with the same configuration. :func:`run_distillation` runs the student
 with the teacher, the same student without a teacher and (optionally) centralized distillation,
@@ -28,20 +28,18 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from fedprostate.config import RunConfig
+from fedprostate.engine import setup
+from fedprostate.engine.loop import predict_scores
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
 from fedprostate.eval.metrics import evaluate_predictions
 from fedprostate.models.bundle import load_bundle
+from fedprostate.records import predictions
+from fedprostate.runs.export import export_run
+from fedprostate.runs.federated import federate
+from fedprostate.runs.pooled import centralize
 
 SPEEDUP_GOAL = 5.0
 MARGIN = 0.02
-
-
-def load_teacher(path: str | Path) -> nn.Module:
-    """A frozen, eval-mode teacher from an exported bundle folder (no peft needed)."""
-    model, _ = load_bundle(path)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
 
 
 def footprint(model: nn.Module, crop: int, in_chans: int = 3, n_latency: int = 30) -> dict:
@@ -84,13 +82,10 @@ def _auroc(rows: list[dict], n_boot: int, seed: int) -> dict:
 
 def teacher_test_rows(teacher: nn.Module, cfg: RunConfig) -> list[dict]:
     """The teacher's scores on the student's pooled test split, in prediction-row format."""
-    from fedprostate.engine import setup
-    from fedprostate.engine.loop import predict_scores
-    from fedprostate.records.run_folder import prediction_rows
 
     dataset = setup.pooled_dataset(cfg, "test")
     scores, _ = predict_scores(teacher, dataset)
-    return prediction_rows(dataset.rows, scores, 0)
+    return predictions.from_index(dataset.rows, scores, 0)
 
 
 def _comparison(rows_a, rows_b, n_boot, seed, claim, margin) -> dict:
@@ -225,9 +220,6 @@ def run_distillation(
     n_latency: int = 30,
 ) -> dict:
     """Federated KD, the same student without a teacher, optional centralized KD; report."""
-    from fedprostate.fl.simulation import federate
-    from fedprostate.runs.export import export_run, read_predictions
-    from fedprostate.runs.pooled import centralize
 
     out = Path(out)
     meta = load_bundle(teacher)[1]
@@ -245,7 +237,7 @@ def run_distillation(
     for name, (fn, run_cfg) in runs.items():
         fn(run_cfg, out / name)
         export_run(out / name, out / name / "bundle", formats=("bundle",), n_boot=50)
-        rows = read_predictions(out / name / "predictions_test_best.csv")
+        rows = predictions.read(out / name / "predictions_test_best.csv")
         students[name] = {"bundle": out / name / "bundle", "rows": rows}
     report = distill_report(
         teacher, students, cfg, n_boot=cfg.eval.n_boot, seed=cfg.seed, n_latency=n_latency

@@ -15,7 +15,6 @@ bootstrap CIs. ONNX parity is checked against the *unmerged* (peft) model on ran
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import warnings
@@ -29,6 +28,7 @@ from safetensors.torch import save_file
 from fedprostate.config import RunConfig
 from fedprostate.data.cache import load_index, load_meta
 from fedprostate.data.preprocess import ADC_SCALE, CLIP
+from fedprostate.engine import setup
 from fedprostate.eval.metrics import choose_threshold, evaluate_predictions
 from fedprostate.models.bundle import (
     BUNDLE_JSON,
@@ -38,7 +38,9 @@ from fedprostate.models.bundle import (
     WEIGHTS,
     load_bundle,
 )
+from fedprostate.models.finetune import merge_for_inference
 from fedprostate.models.foundation import backbone_sha256
+from fedprostate.records import predictions
 
 FORMATS = ("bundle", "onnx")
 ONNX_OPSET = 17
@@ -49,15 +51,11 @@ class ExportError(ValueError):
     """A run folder that cannot be exported (the message names the file)."""
 
 
-def read_predictions(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ExportError(f"{path}: not found (the run did not finish?)")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        row["label"] = int(row["label"])
-        row["score"] = float(row["score"])
-    return rows
+def _read_predictions(path: Path) -> list[dict]:
+    try:
+        return predictions.read(path)
+    except predictions.PredictionsError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _best_weights(run: Path, summary: dict) -> tuple[dict[str, np.ndarray], str]:
@@ -74,7 +72,6 @@ def _best_weights(run: Path, summary: dict) -> tuple[dict[str, np.ndarray], str]
 
 def load_run_model(run_dir: str | Path):
     """(cfg, Finetuned model with the run's best weights, foundation sha256, weights source)."""
-    from fedprostate.engine import setup  # imports peft: only the exporter needs it
 
     run = Path(run_dir)
     config = run / "config.toml"
@@ -153,7 +150,6 @@ def export_run(
     run_dir: str | Path, out: str | Path, formats=("bundle", "onnx"), n_boot: int | None = None
 ) -> dict:
     """Write the bundle folder ``out`` from run ``run_dir``; returns bundle.json's content."""
-    from fedprostate.models.finetune import merge_for_inference
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -161,8 +157,8 @@ def export_run(
     run, out = Path(run_dir), Path(out)
     cfg, ft, foundation_sha, source, summary = load_run_model(run)
     cache_meta = load_meta(cfg.data.cache)
-    val_rows = read_predictions(run / "predictions_val_best.csv")
-    test_rows = read_predictions(run / "predictions_test_best.csv")
+    val_rows = _read_predictions(run / "predictions_val_best.csv")
+    test_rows = _read_predictions(run / "predictions_test_best.csv")
     val_labels = [r["label"] for r in val_rows]
     if 0 < sum(val_labels) < len(val_labels):
         threshold = choose_threshold(

@@ -17,7 +17,8 @@ from fedprostate.config import RunConfig
 from fedprostate.data.cache import CropDataset
 from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores, score_metrics, train_local
-from fedprostate.records.run_folder import RunRecorder, prediction_rows
+from fedprostate.records import predictions
+from fedprostate.records.run_folder import RunRecorder
 
 
 class _Pooled(CropDataset):
@@ -49,7 +50,7 @@ def _fit(
         for split, ds in sets.items():
             scores, labels = predict_scores(model, ds)
             entry[split] = score_metrics(labels, scores)
-            preds[split] = prediction_rows(ds.rows, scores, r)
+            preds[split] = predictions.from_index(ds.rows, scores, r)
         if recorder is not None:
             recorder.append_round(entry)
         val = entry["val"]["auroc"]
@@ -60,12 +61,10 @@ def _fit(
 
 
 def _prepare(cfg: RunConfig, out: str | Path) -> tuple[RunConfig, RunRecorder]:
-    from fedprostate.fl.simulation import prepare_run_config
-
-    cfg = prepare_run_config(cfg, out)
+    cfg = setup.prepare_run_config(cfg, out)
     recorder = RunRecorder(cfg.out)
     recorder.metrics_path.unlink(missing_ok=True)
-    recorder.write_config(cfg)
+    recorder.write_config(cfg.to_toml())
     return cfg, recorder
 
 
@@ -124,16 +123,12 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
         v["pooled_test_auroc"] for v in per_site.values() if np.isfinite(v["pooled_test_auroc"])
     ]
     summary = {
-        "kind": "local",
-        "rounds": cfg.fl.rounds,
-        "method": cfg.finetune.method,
-        "arch": cfg.model.arch,
+        **setup.summary_head(cfg, "local", None, time.time() - t0),
         "per_site": per_site,
         "test_auroc": own["auroc"],
         "test_ap": own["ap"],
         "mean_pooled_test_auroc": float(np.mean(pooled)) if pooled else float("nan"),
         "uplink_mb_per_client_round": 0.0,
-        "wall_s": round(time.time() - t0, 2),
     }
     recorder.write_summary(summary)
     return summary
@@ -143,21 +138,13 @@ def _summary(
     cfg: RunConfig, kind: str, best: dict, last: dict, bundle: setup.ModelBundle, wall_s: float
 ) -> dict:
     return {
-        "kind": kind,
-        "rounds": cfg.fl.rounds,
-        "method": cfg.finetune.method,
-        "arch": cfg.model.arch,
+        **setup.summary_head(cfg, kind, bundle, wall_s),
         "best_round": best["round"],
         "val_auroc": best["val"]["auroc"],
         "test_auroc": best["test"]["auroc"],
         "test_ap": best["test"]["ap"],
         "last_round_test_auroc": last["test"]["auroc"],
-        "trainable_params": int(
-            sum(p.numel() for p in bundle.ft.model.parameters() if p.requires_grad)
-        ),
-        "foundation_sha256": bundle.foundation_sha256,
         "uplink_mb_per_client_round": 0.0,
-        "wall_s": round(wall_s, 2),
     }
 
 

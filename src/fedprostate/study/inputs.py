@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.progress import Progress
 
+from fedprostate.data.prepare import prepare
+from fedprostate.data.synth.federation import synthesize
+from fedprostate.data.unlabeled import extract_unlabeled_crops
+from fedprostate.models.backbones import family
+from fedprostate.models.foundation import save_checkpoint
+from fedprostate.models.pretrain import pretrain
 from fedprostate.study.cells import StudyPaths
 from fedprostate.study.config import StudyConfig
 
@@ -20,9 +27,6 @@ def synthesize_raw(raw: Path, cfg: StudyConfig, console: Console) -> None:
     if (raw / "truth" / "sites.csv").exists():
         console.print(f"[dim]synthetic federation {raw}: exists, kept[/dim]")
         return
-    from rich.progress import Progress
-
-    from fedprostate.data.synth.federation import synthesize
 
     d = cfg.data
     t0 = time.time()
@@ -43,7 +47,6 @@ def prepare_cache(raw: Path, cache: Path, mode: str, cfg: StudyConfig, console: 
     if (cache / "index.csv").exists():
         console.print(f"[dim]{mode} crop cache {cache}: exists, kept[/dim]")
         return
-    from fedprostate.data.prepare import prepare
 
     t0 = time.time()
     report = prepare(raw, cache, mode=mode, crop=cfg.data.crop, spacing=cfg.data.spacing,
@@ -89,8 +92,6 @@ def ensure_caches(
 
 
 def pretrain_method(arch: str, preferred: str) -> str:
-    from fedprostate.models.backbones import family
-
     return "simclr" if family(arch) == "resnet" else preferred
 
 
@@ -99,7 +100,6 @@ def ensure_foundations(cfg: StudyConfig, out: Path, paths: StudyPaths, console: 
     todo = {a: Path(p) for a, p in paths.foundations.items() if not Path(p).exists()}
     if not todo:
         return
-    from fedprostate.data.unlabeled import extract_unlabeled_crops
 
     source = Path(cfg.data.unlabeled) if cfg.data.unlabeled else raw_source(cfg, out)
     p = cfg.pretrain
@@ -120,9 +120,6 @@ def ensure_foundations(cfg: StudyConfig, out: Path, paths: StudyPaths, console: 
 
 
 def _pretrain_all(todo: dict, tensor, cfg: StudyConfig, source: Path, console: Console) -> None:
-    from fedprostate.models.foundation import save_checkpoint
-    from fedprostate.models.pretrain import pretrain
-
     p, n_crops = cfg.pretrain, int(tensor.shape[0])
     for arch, path in todo.items():
         method = pretrain_method(arch, p.method)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fedprostate.eval.metrics import evaluate_predictions
 from fedprostate.report import plots
 from fedprostate.report.document import Doc
 from fedprostate.report.run_data import (
@@ -14,7 +15,18 @@ from fedprostate.report.run_data import (
     load_run,
     round_history,
 )
-from fedprostate.report.run_report import ADDED_HEADER, added_value_rows, fmt, fmt_ci, fmt_p
+from fedprostate.report.run_report import (
+    ADDED_HEADER,
+    METRICS_HEADER,
+    added_value_rows,
+    fmt,
+    fmt_ci,
+    fmt_p,
+    metrics_row,
+)
+from fedprostate.study.cells import REFERENCE
+from fedprostate.study.claims import evaluate_claims
+from fedprostate.study.config import Preregistration
 
 SECTION_TITLES = {
     "backbone": "1. Backbone: Swin vs ResNet vs ViT",
@@ -29,8 +41,6 @@ SECTION_TITLES = {
 
 
 def _prereg(values: dict, n_boot: int):
-    from fedprostate.study.config import Preregistration
-
     keys = ("alpha", "margin_noninferiority", "margin_superiority", "params_reduction")
     return Preregistration(**{k: values[k] for k in keys if k in values}, n_boot=n_boot)
 
@@ -84,8 +94,6 @@ ARM_HEADER = ["arm", "cell", "AUROC lesion", "AUROC patient", "MB up/client/roun
 
 
 def build_study_doc(study_dir: Path) -> Doc:
-    from fedprostate.study.claims import evaluate_claims
-
     plan = json.loads((study_dir / "study.json").read_text(encoding="utf-8"))
     chosen = json.loads((study_dir / "arms.json").read_text(encoding="utf-8"))
     n_boot = int(plan["preregistered"].get("n_boot", 1000))
@@ -152,8 +160,6 @@ def _section_figures(doc: Doc, section: str, members: list[dict], runs: dict, fi
             doc.figure(plots.plot_roc_curves(models, figdir / f"{section}_roc.png"),
                        f"{section}: ROC curves (test)")  # fmt: skip
     if section == "baselines":
-        from fedprostate.eval.metrics import evaluate_predictions
-
         per_site = {a["label"] or a["id"]: evaluate_predictions(runs[a["id"]].test, n_boot=200)
                     for a in members}  # fmt: skip
         doc.figure(plots.plot_per_site(per_site, figdir / "per_site.png"),
@@ -161,8 +167,6 @@ def _section_figures(doc: Doc, section: str, members: list[dict], runs: dict, fi
 
 
 def _loso_table(doc: Doc, members: list[dict], evals: dict) -> None:
-    from fedprostate.study.cells import REFERENCE
-
     rows = []
     for arm in members:
         site = arm["overrides"].get("data.holdout_site")
@@ -176,13 +180,10 @@ def _loso_table(doc: Doc, members: list[dict], evals: dict) -> None:
 
 
 def _baselines_section(doc: Doc, runs: dict, evals: dict) -> None:
-    from fedprostate.study.cells import REFERENCE
-
     if REFERENCE not in evals:
         return
     ev = evals[REFERENCE]
     doc.heading("What the deep model adds over rules without deep learning", 2)
-    from fedprostate.report.run_report import METRICS_HEADER, metrics_row
 
     rows = [metrics_row("reference arm", ev["model"])]
     rows += [metrics_row(n, r) for n, r in ev["baselines"].items()]
@@ -215,3 +216,11 @@ def _tuning_section(doc: Doc, chosen: dict, labels: dict) -> None:
         [[labels.get(a, a), "; ".join(f"{c}: {fmt(v)}" for c, v in ch["tried"].items()),
           ch["cell"]] for a, ch in chosen.items()],
     )  # fmt: skip
+
+
+def write_study_report(study_dir: str | Path) -> Path:
+    """Write DIR/report.html and DIR/report.md for a study run by ``fedprostate study``."""
+    study_dir = Path(study_dir)
+    doc = build_study_doc(study_dir)
+    _, page = doc.write(study_dir)
+    return page

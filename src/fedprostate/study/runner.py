@@ -24,6 +24,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fedprostate.data.cache import load_index
+from fedprostate.data.synth.sites import make_site_profiles
+from fedprostate.runs import pooled
+from fedprostate.runs.federated import federate
 from fedprostate.study.cells import Arm, Cell, StudyPaths, build_cells
 from fedprostate.study.config import StudyConfig
 from fedprostate.study.estimate import (
@@ -32,15 +36,14 @@ from fedprostate.study.estimate import (
     format_seconds,
     inputs_seconds,
 )
+from fedprostate.study.inputs import ensure_caches, ensure_foundations
+from fedprostate.study.report import write_study_report
 
 
 def run_function(kind: str):
     """The training entry point of a cell kind (looked up at call time: tests replace it)."""
     if kind == "federate":
-        from fedprostate.fl.simulation import federate
-
         return federate
-    from fedprostate.runs import pooled
 
     return pooled.centralize if kind == "centralize" else pooled.local_only
 
@@ -55,8 +58,6 @@ def planned_paths(cfg: StudyConfig, out: Path) -> StudyPaths:
             json.loads((Path(cfg.data.cache) / "meta.json").read_text(encoding="utf-8"))["sites"]
         )
     else:
-        from fedprostate.data.synth.sites import make_site_profiles
-
         profiles = make_site_profiles(cfg.data.sites, cfg.data.patients, cfg.data.preset)
         sites = tuple(p.name for p in profiles)
     archs = {str(cfg.reference.get("model.arch", "swin_tiny"))}
@@ -73,8 +74,6 @@ def planned_paths(cfg: StudyConfig, out: Path) -> StudyPaths:
 def _data_sizes(cfg: StudyConfig, cache: str, mode: str) -> tuple[float, float]:
     """(mean training rows per site, val + test rows): from the cache, else from the plan."""
     if (Path(cache) / "index.csv").exists():
-        from fedprostate.data.cache import load_index
-
         rows = load_index(cache)
         train = Counter(r["site"] for r in rows if r["split"] == "train")
         evaluated = sum(r["split"] in ("val", "test") for r in rows)
@@ -201,7 +200,6 @@ def choose_arms(arms: list[Arm], cells: list[Cell], out: Path) -> dict[str, dict
 
 def prepare_inputs(cfg: StudyConfig, out: Path, paths: StudyPaths, console: Console) -> None:
     """Synthesize, prepare crop caches and pre-train foundations that do not exist yet."""
-    from fedprostate.study.inputs import ensure_caches, ensure_foundations
 
     needs_organ = "input" in cfg.sections
     ensure_caches(cfg, out, paths, needs_organ, console)
@@ -243,7 +241,6 @@ def run_study(
     )
     if not report:
         return None
-    from fedprostate.report.run_report import write_study_report
 
     page = write_study_report(out)
     console.print(f"[green]study report:[/green] {page.resolve()}")

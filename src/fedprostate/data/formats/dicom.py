@@ -75,5 +75,3 @@ def read_series(files: list[str], pid: str, seq: str) -> sitk.Image:
     if image.GetDimension() != 3:
         raise StudyError(pid, f"{seq} series is not a 3D volume", Path(files[0]).parent)
     return image
-
-

@@ -98,5 +98,3 @@ def _with_zone(finding: Finding, anatomy: sitk.Image) -> Finding:
         finding.source,
         finding.radius_mm,
     )
-
-
