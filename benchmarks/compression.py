@@ -24,9 +24,9 @@ from rich.table import Table
 from fedprostate.config import RunConfig
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
 from fedprostate.eval.metrics import auroc_ci
-from fedprostate.runs.federated import federate
 from fedprostate.records import predictions
 from fedprostate.report.plots import plot_auroc_vs_mb
+from fedprostate.runs.federated import federate
 
 ALPHA, MARGIN = 0.05, 0.02
 # arm name → (fine-tuning method, uplink codec, error feedback)

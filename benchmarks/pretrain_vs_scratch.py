@@ -22,8 +22,8 @@ from rich.table import Table
 from fedprostate.demo import load_demo_config
 from fedprostate.eval.compare import compare_models
 from fedprostate.eval.metrics import auroc_ci
-from fedprostate.runs.federated import federate
 from fedprostate.records import predictions
+from fedprostate.runs.federated import federate
 
 
 def main() -> None:

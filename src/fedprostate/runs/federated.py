@@ -34,5 +34,7 @@ def finished_summary(run_dir: Path) -> dict:
         raise RunFailedError(f"the federated run ended without writing {path}; see the log above")
     summary = json.loads(path.read_text(encoding="utf-8"))
     if summary.get("status") == "failed":
-        raise RunFailedError(f"run failed: {summary.get('reason', 'no reason recorded')} ({run_dir})")
+        raise RunFailedError(
+            f"run failed: {summary.get('reason', 'no reason recorded')} ({run_dir})"
+        )
     return summary
