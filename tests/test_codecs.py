@@ -7,13 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from fedprostate.compress import delta
 from fedprostate.compress.codecs import (
     CodecSpec,
     decode,
-    decode_update,
     encode,
-    encode_update,
-    wire_nbytes,
 )
 from fedprostate.compress.packing import (
     bf16_bits_to_float32,
@@ -353,16 +351,17 @@ def test_decode_rejects_inconsistent_wire():
         decode(encode(x, "fp32"), "fp16", {"w": (4, 4)})
 
 
-# --- update helpers --------------------------------------------------------------------------
+# --- delta helpers --------------------------------------------------------------------------
 
 
 def test_fp32_update_sends_full_tensors():
     reference = _tensors(9)
     current = {k: v + 0.01 for k, v in reference.items()}
-    wire = encode_update(current, reference, "fp32")
+    spec = CodecSpec.parse("fp32")
+    sent = delta.pack_uplink(current, reference, spec, np.random.default_rng(0))
     for name, x in current.items():
-        np.testing.assert_array_equal(wire[f"{name}|v"], x)
-    rebuilt = decode_update(wire, "fp32", reference)
+        np.testing.assert_array_equal(sent[name], x)
+    rebuilt = delta.unpack_uplink(sent, spec, reference)
     for name, x in current.items():
         np.testing.assert_array_equal(rebuilt[name], x)
 
@@ -370,19 +369,22 @@ def test_fp32_update_sends_full_tensors():
 def test_lossy_update_is_delta_coded():
     rng = np.random.default_rng(10)
     reference = {"w": rng.normal(5.0, 1.0, size=(16, 64)).astype(np.float32)}
-    delta = rng.normal(0, 1e-3, size=(16, 64)).astype(np.float32)
-    current = {"w": reference["w"] + delta}
-    rebuilt = decode_update(encode_update(current, reference, "int4"), "int4", reference)["w"]
+    step = rng.normal(0, 1e-3, size=(16, 64)).astype(np.float32)
+    current = {"w": reference["w"] + step}
+    spec = CodecSpec.parse("int4")
+    sent = delta.pack_uplink(current, reference, spec, np.random.default_rng(0))
+    rebuilt = delta.unpack_uplink(sent, spec, reference)["w"]
     assert rebuilt.dtype == np.float32
     # Error relative to the delta's scale (≈ max|delta|/7/2), far below quantizing the weights.
-    assert np.abs(rebuilt - current["w"]).max() <= np.abs(delta).max() / 7 / 2 * 1.01 + 1e-6
+    assert np.abs(rebuilt - current["w"]).max() <= np.abs(step).max() / 7 / 2 * 1.01 + 1e-6
     direct = decode(encode(current, "int4"), "int4", {"w": (16, 64)})["w"]
     assert np.abs(direct - current["w"]).max() > 10 * np.abs(rebuilt - current["w"]).max()
 
 
-def test_update_helpers_check_keys_and_shapes():
-    reference = {"w": np.zeros((2, 2), dtype=np.float32)}
-    with pytest.raises(ValueError, match="missing"):
-        encode_update({"v": np.zeros((2, 2))}, reference, "int8")
-    with pytest.raises(ValueError, match="shape"):
-        encode_update({"w": np.zeros((2, 3))}, reference, "int8")
+def test_flat_delta_checks_sizes():
+    with pytest.raises(ValueError, match="expects"):
+        delta.unflatten(np.zeros(5, np.float32), {"w": (2, 2)})
+
+
+def wire_nbytes(wire) -> int:
+    return int(sum(np.asarray(v).nbytes for v in wire.values()))

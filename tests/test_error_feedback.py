@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedprostate.compress.codecs import decode, decode_update, encode, encode_update
+from fedprostate.compress import delta
+from fedprostate.compress.codecs import CodecSpec, decode, encode
 from fedprostate.compress.error_feedback import ErrorFeedback
 
 SHAPES = {"lora_A": (8, 96), "lora_B": (192, 8)}
@@ -132,7 +133,7 @@ def test_ef_compensate_and_update_semantics():
         ef.update({"w": np.zeros(2)}, {"v": np.zeros(2)})
 
 
-def test_encode_update_with_error_feedback():
+def test_flat_delta_with_error_feedback():
     """One client, rounds of: receive global, train (here: add a local update), send compressed
     delta with EF; the server's global trails global₀ + Σ updates by exactly the residual."""
     rng = np.random.default_rng(5)
@@ -142,12 +143,14 @@ def test_encode_update_with_error_feedback():
     for _ in range(20):
         local_update = rng.normal(1e-3, 1e-3, size=(16, 64)).astype(np.float32)
         trained = {"w": global_model["w"] + local_update}
-        wire = encode_update(trained, global_model, "topk:0.05", error_feedback=ef)
-        global_model = decode_update(wire, "topk:0.05", global_model)
+        spec = CodecSpec.parse("topk:0.05")
+        sent = delta.pack_uplink(trained, global_model, spec, np.random.default_rng(0), ef)
+        global_model = delta.unpack_uplink(sent, spec, global_model)
         ideal += local_update
-    np.testing.assert_allclose(global_model["w"] + ef.residual["w"], ideal, atol=1e-5)
+    residual = delta.unflatten(ef.residual[delta.FLAT], {"w": (16, 64)})["w"]
+    np.testing.assert_allclose(global_model["w"] + residual, ideal, atol=1e-5)
     assert ef.residual_norm() > 0
     # fp32 loses nothing: the residual is left as it was.
-    before = ef.residual["w"]
-    encode_update(trained, global_model, "fp32", error_feedback=ef)
-    np.testing.assert_array_equal(ef.residual["w"], before)
+    before = ef.residual[delta.FLAT]
+    delta.pack_uplink(trained, global_model, CodecSpec.parse("fp32"), None, ef)
+    np.testing.assert_array_equal(ef.residual[delta.FLAT], before)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
 from fedprostate.fl import wire
@@ -22,9 +23,9 @@ def _tensors(seed=0):
 def test_fp32_is_raw_and_exact():
     t = _tensors()
     spec = CodecSpec.parse("fp32")
-    wire_np = wire.pack_uplink(t, t, spec, np.random.default_rng(0))
+    wire_np = delta.pack_uplink(t, t, spec, np.random.default_rng(0))
     assert set(wire_np) == set(t)
-    back = wire.unpack_uplink(wire_np, spec, t)
+    back = delta.unpack_uplink(wire_np, spec, t)
     assert all(np.array_equal(back[k], t[k]) for k in t)
 
 
@@ -36,15 +37,15 @@ def test_lossy_uplink_rebuilds_full_tensors_near_the_truth(codec):
         k: v + 0.01 * rng.normal(size=v.shape).astype(np.float32) for k, v in reference.items()
     }
     spec = CodecSpec.parse(codec)
-    wire_np = wire.pack_uplink(current, reference, spec, np.random.default_rng(2))
-    rebuilt = wire.unpack_uplink(wire_np, spec, reference)
+    wire_np = delta.pack_uplink(current, reference, spec, np.random.default_rng(2))
+    rebuilt = delta.unpack_uplink(wire_np, spec, reference)
     for k in current:
         assert rebuilt[k].dtype == np.float32 and rebuilt[k].shape == current[k].shape
         # The error is bounded by the size of the update, not of the tensor: deltas were sent.
         assert (
             np.abs(rebuilt[k] - current[k]).max() <= np.abs(current[k] - reference[k]).max() + 1e-6
         )
-    assert wire.wire_bytes(wire_np) < wire.wire_bytes(current)
+    assert _wire_bytes(wire_np) < _wire_bytes(current)
 
 
 def test_error_feedback_carries_what_compression_dropped():
@@ -52,10 +53,10 @@ def test_error_feedback_carries_what_compression_dropped():
     current = {k: v + 0.01 for k, v in reference.items()}
     spec = CodecSpec.parse("topk:0.05+int4:block=64")
     ef = ErrorFeedback()
-    wire_np = wire.pack_uplink(current, reference, spec, np.random.default_rng(0), ef)
-    sent = wire.unpack_uplink(wire_np, spec, reference)
-    residual = wire.unflatten(ef.residual[wire.FLAT], {k: v.shape for k, v in current.items()})
-    assert np.abs(ef.residual[wire.FLAT]).max() > 0  # top-k 5% dropped most of the update
+    wire_np = delta.pack_uplink(current, reference, spec, np.random.default_rng(0), ef)
+    sent = delta.unpack_uplink(wire_np, spec, reference)
+    residual = delta.unflatten(ef.residual[delta.FLAT], {k: v.shape for k, v in current.items()})
+    assert np.abs(ef.residual[delta.FLAT]).max() > 0  # top-k 5% dropped most of the update
     for k in current:
         np.testing.assert_allclose(
             sent[k] - reference[k] + residual[k], current[k] - reference[k], atol=1e-6
@@ -65,21 +66,21 @@ def test_error_feedback_carries_what_compression_dropped():
 def test_lossy_codecs_send_one_flat_vector_so_headers_do_not_eat_the_savings():
     t = _tensors()
     spec = CodecSpec.parse("int4:block=64")
-    packed = wire.pack_uplink(
+    packed = delta.pack_uplink(
         t, {k: np.zeros_like(v) for k, v in t.items()}, spec, np.random.default_rng(0)
     )
-    assert {k.split("|")[0] for k in packed} == {wire.FLAT}
+    assert {k.split("|")[0] for k in packed} == {delta.FLAT}
     n = sum(v.size for v in t.values())
-    assert wire.wire_bytes(packed) < n / 2 + 2 * (n / 64) + 400
+    assert _wire_bytes(packed) < n / 2 + 2 * (n / 64) + 400
 
 
 def test_downlink_is_decoded_identically_everywhere():
     t = _tensors()
     spec = CodecSpec.parse("int8")
-    packed = wire.pack_downlink(t, spec, np.random.default_rng(0))
+    packed = delta.pack_downlink(t, spec, np.random.default_rng(0))
     shapes = {k: v.shape for k, v in t.items()}
-    a = wire.unpack_downlink(packed, spec, shapes)
-    b = wire.unpack_downlink(wire.from_record(wire.to_record(packed)), spec, shapes)
+    a = delta.unpack_downlink(packed, spec, shapes)
+    b = delta.unpack_downlink(wire.from_record(wire.to_record(packed)), spec, shapes)
     assert all(np.array_equal(a[k], b[k]) for k in t)
 
 
@@ -113,3 +114,8 @@ def test_bytes_on_the_wire_match_tensor_sizes_for_swin_t(method, expected_params
     assert counted - 4 * n <= len(tensors) * 200
     mb = counted / 1e6
     assert (0.84 < mb < 0.87) if method == "lora" else (105 < mb < 115)
+
+
+def _wire_bytes(arrays) -> int:
+    """Bytes Flower counts for these arrays (data + NumPy headers + key names)."""
+    return wire.to_record(arrays).count_bytes()

@@ -14,10 +14,8 @@ Wire format: a flat ``dict[str, np.ndarray]`` with one or more arrays per tensor
 Shapes do not travel: `decode` takes them (the receiver knows the model). Decoded tensors are
 always float32.
 
-Delta rule (`encode_update` / `decode_update`): with fp32 a client sends its full tensors; with
-every lossy codec (fp16, bf16, int*, top-k) it sends its delta relative to the global tensors it
-received, optionally error-compensated, and the server rebuilds reference + decoded delta so
-Flower's strategy aggregates full tensors as usual.
+What the encoded tensors are (full tensors, or a flat delta to the global model with error
+feedback) is decided by `delta.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .error_feedback import ErrorFeedback
 from .packing import (
     bf16_bits_to_float32,
     float32_to_bf16_bits,
@@ -37,23 +34,10 @@ from .quant import dequantize, quantize
 from .sparse import decode_support, encode_support, scatter, topk_select
 from .spec import CodecSpec
 
-__all__ = [
-    "CodecSpec",
-    "ErrorFeedback",
-    "decode",
-    "decode_update",
-    "encode",
-    "encode_update",
-    "wire_nbytes",
-]
+__all__ = ["CodecSpec", "decode", "encode"]
 
 FP16_MAX = float(np.finfo(np.float16).max)
 SEPARATOR = "|"
-
-
-def wire_nbytes(wire: Mapping[str, np.ndarray]) -> int:
-    """Bytes on the wire: the sum of the arrays' nbytes (names and framing not counted)."""
-    return int(sum(np.asarray(array).nbytes for array in wire.values()))
 
 
 def _as_float32(name: str, tensor) -> np.ndarray:
@@ -174,62 +158,3 @@ def decode(
     if extra:
         raise ValueError(f"wire holds arrays for no known tensor: {extra[:5]} (codec {spec})")
     return decoded
-
-
-def _check_same_keys(current: Mapping, reference: Mapping) -> None:
-    if set(current) != set(reference):
-        missing = sorted(set(reference) - set(current))
-        extra = sorted(set(current) - set(reference))
-        raise ValueError(f"update and reference differ: missing {missing[:5]}, extra {extra[:5]}")
-    for name in current:
-        if np.shape(current[name]) != np.shape(reference[name]):
-            raise ValueError(
-                f"tensor {name!r}: shape {np.shape(current[name])} differs from the reference's "
-                f"{np.shape(reference[name])}"
-            )
-
-
-def encode_update(
-    current: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
-    spec: CodecSpec | str,
-    rng: np.random.Generator | None = None,
-    error_feedback: ErrorFeedback | None = None,
-) -> dict[str, np.ndarray]:
-    """What a client sends: fp32 → its full tensors; lossy codec → its delta to `reference`.
-
-    With `error_feedback`, the delta is compensated by the stored residual before encoding and the
-    residual is then updated with what this encoding dropped (the caller saves it). fp32 loses
-    nothing, so there the residual is left untouched.
-    """
-    spec = CodecSpec.parse(spec)
-    _check_same_keys(current, reference)
-    if not spec.lossy:
-        return encode(current, spec)
-    delta = {
-        name: _as_float32(name, current[name]) - _as_float32(name, reference[name])
-        for name in current
-    }
-    to_send = error_feedback.compensate(delta) if error_feedback is not None else delta
-    wire = encode(to_send, spec, rng)
-    if error_feedback is not None:
-        shapes = {name: np.shape(array) for name, array in to_send.items()}
-        error_feedback.update(to_send, decode(wire, spec, shapes))
-    return wire
-
-
-def decode_update(
-    wire: Mapping[str, np.ndarray],
-    spec: CodecSpec | str,
-    reference: Mapping[str, np.ndarray],
-) -> dict[str, np.ndarray]:
-    """Server side of `encode_update`: full float32 tensors (reference + decoded delta)."""
-    spec = CodecSpec.parse(spec)
-    shapes = {name: np.shape(array) for name, array in reference.items()}
-    decoded = decode(wire, spec, shapes)
-    if not spec.lossy:
-        return decoded
-    return {
-        name: np.asarray(reference[name], dtype=np.float32) + delta
-        for name, delta in decoded.items()
-    }

@@ -78,7 +78,7 @@ class CodecSpec:
 
     @property
     def lossy(self) -> bool:
-        """Anything but plain fp32. Lossy codecs are applied to deltas (see `encode_update`)."""
+        """Anything but plain fp32. Lossy codecs are applied to deltas (see `delta.py`)."""
         return self.values != "fp32" or self.topk is not None
 
     @classmethod

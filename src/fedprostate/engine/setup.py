@@ -6,7 +6,6 @@ simulated SuperNode process serves many rounds (and, in simulation, many sites).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -232,7 +231,3 @@ def pooled_dataset(cfg: RunConfig, split: str, sites: list[str] | None = None) -
 def client_seed(cfg: RunConfig, server_round: int, client: str) -> int:
     digest = hashlib.sha256(f"{cfg.seed}:{server_round}:{client}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def fresh_copy(bundle: ModelBundle) -> Finetuned:
-    return copy.deepcopy(bundle.ft)

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
 from fedprostate.config import RunConfig
 from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores, score_metrics, train_local
-from fedprostate.fl import wire
 
 log = logging.getLogger("fedprostate.site")
 
@@ -100,7 +100,7 @@ def receive_global(
             "install the consortium's foundation checkpoint"
         )
     shapes = setup.communicated_shapes(bundle.ft)
-    global_tensors = wire.unpack_downlink(received, CodecSpec.parse(downlink), shapes)
+    global_tensors = delta.unpack_downlink(received, CodecSpec.parse(downlink), shapes)
     setup.load_communicated(bundle.ft, global_tensors)
     return bundle, global_tensors
 
@@ -134,11 +134,11 @@ def train_round(
 
     spec = CodecSpec.parse(site.uplink)
     feedback = None
-    if cfg.compress.error_feedback and not wire.is_raw(spec):
+    if cfg.compress.error_feedback and not delta.is_raw(spec):
         saved = _load_state(site, "ef", server_round)
         feedback = ErrorFeedback({k: v.numpy() for k, v in saved.items()} if saved else None)
     rng = np.random.default_rng(seed)
-    out = wire.pack_uplink(setup.communicated_numpy(ft), global_tensors, spec, rng, feedback)
+    out = delta.pack_uplink(setup.communicated_numpy(ft), global_tensors, spec, rng, feedback)
     if feedback is not None:
         _save_state(
             site,

@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
 
+from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.config import RunConfig
 from fedprostate.fl import wire
@@ -75,8 +76,8 @@ class ProjectHooks:
         global_np = wire.from_record(arrays)
         # Seeded by the round, so a resumed run broadcasts exactly the same bytes.
         rng = np.random.default_rng([self.seed, server_round])
-        packed = wire.pack_downlink(global_np, self.downlink, rng)
-        self.reference = wire.unpack_downlink(packed, self.downlink, self.shapes)
+        packed = delta.pack_downlink(global_np, self.downlink, rng)
+        self.reference = delta.unpack_downlink(packed, self.downlink, self.shapes)
         record = wire.to_record(packed)
         for msg in messages:
             msg.content["arrays"] = record
@@ -123,11 +124,11 @@ class ProjectHooks:
         received = wire.from_record(next(iter(content.array_records.values())))
         try:
             spec = CodecSpec.parse(codec_text)
-            if wire.is_raw(spec):
+            if delta.is_raw(spec):
                 reason = wire.check_tensors(received, self.shapes)
                 if reason:
                     return None, reason
-            decoded = wire.unpack_uplink(received, spec, self.reference)
+            decoded = delta.unpack_uplink(received, spec, self.reference)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             return None, f"undecodable {codec_text} update: {exc}"
         decoded = {k: np.asarray(v) for k, v in decoded.items()}
