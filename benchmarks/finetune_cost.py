@@ -67,16 +67,12 @@ def measure_one(arch: str, method: str, crop: int, batch: int, iters: int) -> di
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from fedprostate.config import FinetuneConfig
     from fedprostate.models.backbones import create_backbone
-    from fedprostate.models.finetune import (
-        FinetuneSpec,
-        build_finetune,
-        count_trainable,
-        payload_bytes,
-    )
+    from fedprostate.models.finetune import build_finetune, count_trainable, payload_bytes
 
     torch.manual_seed(0)
-    ft = build_finetune(create_backbone(arch, crop=crop), arch, FinetuneSpec(method=method))
+    ft = build_finetune(create_backbone(arch, crop=crop), arch, FinetuneConfig(method=method))
     model = ft.model
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, crop, crop, generator=g)

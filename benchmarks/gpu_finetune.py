@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from fedprostate.config import FinetuneConfig
 from fedprostate.models.backbones import create_backbone
-from fedprostate.models.finetune import FinetuneSpec, build_finetune, count_trainable, payload_bytes
+from fedprostate.models.finetune import build_finetune, count_trainable, payload_bytes
 
 METHODS = ("full", "linear", "adapter", "lora", "ffa-lora")
 
@@ -40,7 +41,7 @@ def _timed(fn, steps: int, warmup: int = 3) -> float:
 def measure(arch: str, method: str, crop: int, batch: int, steps: int) -> dict:
     torch.manual_seed(0)
     ft = build_finetune(
-        create_backbone(arch, crop=crop), arch, FinetuneSpec(method=method, lora_r=8)
+        create_backbone(arch, crop=crop), arch, FinetuneConfig(method=method, lora_r=8)
     )
     model = ft.model.cuda()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -6,9 +6,10 @@ import pytest
 from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
+from fedprostate.config import FinetuneConfig
 from fedprostate.fl import wire
 from fedprostate.models.backbones import create_backbone
-from fedprostate.models.finetune import FinetuneSpec, build_finetune, get_communicated
+from fedprostate.models.finetune import build_finetune, get_communicated
 
 
 def _tensors(seed=0):
@@ -103,7 +104,7 @@ def test_check_tensors_names_each_problem():
 def test_bytes_on_the_wire_match_tensor_sizes_for_swin_t(method, expected_params):
     """Swin-T at 64 px: LoRA r=8 ≈ 0.85 MB, full fine-tuning ≈ 110 MB, counted as Flower serializes."""
     backbone = create_backbone("swin_tiny", crop=64, num_classes=2, in_chans=3)
-    ft = build_finetune(backbone, "swin_tiny", FinetuneSpec(method=method, lora_r=8))
+    ft = build_finetune(backbone, "swin_tiny", FinetuneConfig(method=method, lora_r=8))
     tensors = {k: v.detach().numpy() for k, v in get_communicated(ft).items()}
     n = sum(v.size for v in tensors.values())
     if expected_params:

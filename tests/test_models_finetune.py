@@ -6,10 +6,9 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
+from fedprostate.config import METHODS, FinetuneConfig
 from fedprostate.models.backbones import create_backbone
 from fedprostate.models.finetune import (
-    METHODS,
-    FinetuneSpec,
     build_finetune,
     count_trainable,
     get_communicated,
@@ -22,12 +21,12 @@ ARCHS = ("swin_test", "vit_test", "resnet_test")
 CROP = 64  # at 32 px Swin stage 4 is a 1×1 grid whose bias table gets no gradient
 
 
-def make(arch, method="lora", init_seed=0, **spec_kwargs):
+def make(arch, method="lora", init_seed=0, seed=0, **spec_kwargs):
     """A fine-tunable tiny model; the backbone's init is seeded so two builds share frozen weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         backbone = create_backbone(arch, crop=CROP)
-    return build_finetune(backbone, arch, FinetuneSpec(method=method, **spec_kwargs))
+    return build_finetune(backbone, arch, FinetuneConfig(method=method, **spec_kwargs), seed=seed)
 
 
 def batch(seed=0, n=4):
@@ -206,7 +205,7 @@ def test_set_communicated_is_strict():
 
 
 def test_swin_tiny_lora_r8_counts_exactly():
-    ft = build_finetune(create_backbone("swin_tiny", crop=64), "swin_tiny", FinetuneSpec())
+    ft = build_finetune(create_backbone("swin_tiny", crop=64), "swin_tiny", FinetuneConfig())
     trainable = dict(ft.model.named_parameters())
     lora = sum(p.numel() for n, p in trainable.items() if "lora_" in n and p.requires_grad)
     head = sum(p.numel() for n, p in trainable.items() if n.startswith("head.") and p.requires_grad)
@@ -217,10 +216,10 @@ def test_swin_tiny_lora_r8_counts_exactly():
 
 def test_spec_validation():
     with pytest.raises(ValueError, match="method"):
-        FinetuneSpec(method="prompt")
+        FinetuneConfig(method="prompt")
     with pytest.raises(ValueError, match="lora_r"):
-        FinetuneSpec(lora_r=0)
+        FinetuneConfig(lora_r=0)
     with pytest.raises(ValueError, match="lora_dropout"):
-        FinetuneSpec(lora_dropout=1.0)
+        FinetuneConfig(lora_dropout=1.0)
     with pytest.raises(ValueError, match="adapter_blocks"):
         make("swin_test", "adapter", adapter_blocks=3)  # swin_test stage 4 has 2 blocks

@@ -1,20 +1,83 @@
 """Typed run configuration: one frozen dataclass per group, TOML files and dotted overrides.
 
 A run is described by a TOML file with tables ``[data]``, ``[model]``, ``[finetune]``,
-``[train]``, ``[fl]``, ``[compress]`` and ``[eval]``. Every key can be overridden on the command
-line as ``--set group.key=value`` and travels through Flower's run config as the same dotted key
-(``fl.rounds``), so the configuration is parsed once, in one place, into :class:`RunConfig`.
+``[train]``, ``[fl]``, ``[compress]``, ``[eval]`` and ``[distill]``. Every key can be overridden
+on the command line as ``--set group.key=value`` and travels through Flower's run config as the
+same dotted key (``fl.rounds``), so the configuration is parsed once, in one place, into
+:class:`RunConfig`.
+
+This module is the one owner of every choice list (architectures, fine-tuning methods,
+partitions, strategies, threshold rules) and parses every codec string (uplink, downlink,
+per-site codecs) when a configuration loads. Every value is checked then: an unknown key, a
+choice outside its list, a value out of range or a meaningless combination raises
+:class:`ConfigError` naming the key, the bad value and what is allowed, before any data is read
+or any process starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fedprostate.compress.spec import CodecSpec
+
+# ---- choice lists (their one owner) ----------------------------------------------------------
+ARCHS = (
+    "swin_tiny", "resnet50", "vit_small", "vit_base", "swin_test", "vit_test", "resnet_test",
+    "resnet18", "mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "swin_mini",
+    "student_test",
+)  # fmt: skip
+METHODS = ("full", "linear", "adapter", "lora", "ffa-lora")
+PARTITIONS = ("natural", "iid", "dirichlet", "loso")
+STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox")
+THRESHOLD_RULES = ("youden", "sens90")
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp")
+ADAPTER_KEYS = ("adapter_dim", "adapter_blocks")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key, the value and what is allowed."""
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def _check(key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is out of range; allowed: {allowed}")
+
+
+def parse_codec(key: str, text: str) -> CodecSpec:
+    try:
+        return CodecSpec.parse(text)
+    except ValueError as exc:
+        reason = str(exc).removeprefix(f"codec {text!r}: ")
+        raise ConfigError(f"{key} = {text!r} is not a codec: {reason}") from None
+
+
+def parse_site_codecs(text: str) -> dict[str, CodecSpec]:
+    """``"siteA=int4;siteB=fp32"`` → {site: codec}; every item checked."""
+    out: dict[str, CodecSpec] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        site, sep, codec = item.partition("=")
+        if not sep or not site.strip():
+            raise ConfigError(
+                f"compress.site_codecs item {item!r} is not SITE=CODEC "
+                '(write e.g. "siteA=int4;siteB=fp32")'
+            )
+        if site.strip() in out:
+            raise ConfigError(f"compress.site_codecs names site {site.strip()!r} twice")
+        out[site.strip()] = parse_codec(f"compress.site_codecs[{site.strip()}]", codec.strip())
+    return out
 
 
 @dataclass(frozen=True)
@@ -27,12 +90,17 @@ class DataConfig:
     max_train_per_client: int = 0  # 0 = all; a cap keeps CPU runs short (documented reduction)
 
     def __post_init__(self) -> None:
-        if self.partition not in ("natural", "iid", "dirichlet", "loso"):
-            raise ValueError(
-                f"data.partition must be natural|iid|dirichlet|loso, not {self.partition!r}"
-            )
+        _choice("data.partition", self.partition, PARTITIONS)
         if self.partition == "loso" and not self.holdout_site:
-            raise ValueError("data.partition = 'loso' needs data.holdout_site")
+            raise ConfigError("data.partition = 'loso' needs data.holdout_site (the held-out site)")
+        _check("data.num_partitions", self.num_partitions, self.num_partitions >= 0, ">= 0")
+        _check("data.dirichlet_alpha", self.dirichlet_alpha, self.dirichlet_alpha > 0, "> 0")
+        _check(
+            "data.max_train_per_client",
+            self.max_train_per_client,
+            self.max_train_per_client >= 0,
+            ">= 0 (0 = all)",
+        )
 
 
 @dataclass(frozen=True)
@@ -42,17 +110,38 @@ class ModelConfig:
     foundation: str = ""  # path to a foundation checkpoint (.safetensors); "" = random init
     foundation_sha256: str = ""  # expected hash of the foundation backbone ("" = not checked)
 
+    def __post_init__(self) -> None:
+        _choice("model.arch", self.arch, ARCHS)
+        _check("model.crop", self.crop, self.crop >= 32 and self.crop % 32 == 0, "a multiple of 32")
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    method: str = "lora"  # full | linear | adapter | lora | ffa-lora
+    """How the backbone is fine-tuned and which tensors travel (see models/finetune.py).
+
+    method: full | linear | adapter | lora | ffa-lora.
+    lora_r / lora_alpha / lora_dropout: LoRA rank, scaling numerator (scale = alpha / r), dropout.
+    lora_mlp: also put LoRA on the transformer MLPs (fc1, fc2); ignored for ResNet.
+    adapter_dim: adapter bottleneck width. adapter_blocks: how many final-stage blocks get one.
+    local_norms: FedBN-style: normalisation layers train but stay on the client.
+    """
+
+    method: str = "lora"
     lora_r: int = 8
-    lora_alpha: int = 16
+    lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_mlp: bool = False
     adapter_dim: int = 64
     adapter_blocks: int = 2
     local_norms: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("finetune.method", self.method, METHODS)
+        _check("finetune.lora_r", self.lora_r, self.lora_r >= 1, ">= 1")
+        _check("finetune.lora_alpha", self.lora_alpha, self.lora_alpha > 0, "> 0")
+        _check("finetune.lora_dropout", self.lora_dropout, 0 <= self.lora_dropout < 1, "[0, 1)")
+        _check("finetune.adapter_dim", self.adapter_dim, self.adapter_dim >= 1, ">= 1")
+        _check("finetune.adapter_blocks", self.adapter_blocks, self.adapter_blocks >= 1, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -69,12 +158,19 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check("train.lr", self.lr, self.lr > 0, "> 0")
+        _check("train.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
+        _check("train.epochs", self.epochs, self.epochs >= 0, ">= 0")
+        _check("train.steps", self.steps, self.steps >= 0, ">= 0")
         if self.epochs < 1 and self.steps < 1:
-            raise ValueError("train.epochs or train.steps must be >= 1")
+            raise ConfigError("train.epochs or train.steps must be >= 1")
+        _check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+        _check("train.prox_mu", self.prox_mu, self.prox_mu >= 0, ">= 0")
+        _check("train.threads", self.threads, self.threads >= 0, ">= 0 (0 = torch's default)")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(
+                f"train.device = {self.device!r} is not allowed; use cpu, cuda, cuda:N or mps"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,13 +190,29 @@ class FLConfig:
     client_cpus: float = 1.0  # Ray resources per simulated client
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox"):
-            raise ValueError(
-                f"fl.strategy {self.strategy!r} is not one of "
-                "fedavg|fedadam|fedyogi|fedadagrad|fedprox"
-            )
-        if self.rounds < 1:
-            raise ValueError("fl.rounds must be >= 1")
+        _choice("fl.strategy", self.strategy, STRATEGIES)
+        _check("fl.rounds", self.rounds, self.rounds >= 1, ">= 1")
+        _check("fl.fraction_train", self.fraction_train, 0 < self.fraction_train <= 1, "(0, 1]")
+        _check(
+            "fl.fraction_evaluate",
+            self.fraction_evaluate,
+            0 <= self.fraction_evaluate <= 1,
+            "[0, 1]",
+        )
+        _check("fl.min_train_nodes", self.min_train_nodes, self.min_train_nodes >= 1, ">= 1")
+        _check(
+            "fl.min_available_nodes",
+            self.min_available_nodes,
+            self.min_available_nodes >= 1,
+            ">= 1",
+        )
+        _check("fl.server_lr", self.server_lr, self.server_lr > 0, "> 0")
+        _check("fl.tau", self.tau, self.tau > 0, "> 0")
+        _check("fl.beta_1", self.beta_1, 0 <= self.beta_1 < 1, "[0, 1)")
+        _check("fl.beta_2", self.beta_2, 0 <= self.beta_2 < 1, "[0, 1)")
+        _check("fl.round_timeout", self.round_timeout, self.round_timeout > 0, "> 0 seconds")
+        _check("fl.eval_every", self.eval_every, self.eval_every >= 1, ">= 1")
+        _check("fl.client_cpus", self.client_cpus, self.client_cpus > 0, "> 0")
 
 
 @dataclass(frozen=True)
@@ -108,9 +220,19 @@ class CompressConfig:
     uplink: str = "fp32"  # codec of what clients send (see fedprostate.compress)
     downlink: str = "fp32"  # codec of what the server broadcasts
     error_feedback: bool = False
-    site_codecs: str = (
-        ""  # per-site override, "siteA=int4;siteB=fp32" (simulation stand-in for node config)
-    )
+    # per-site override, "siteA=int4;siteB=fp32" (simulation stand-in for node config)
+    site_codecs: str = ""
+
+    def __post_init__(self) -> None:
+        parse_codec("compress.uplink", self.uplink)
+        parse_codec("compress.downlink", self.downlink)
+        parse_site_codecs(self.site_codecs)
+
+    def uplink_of(self, site: str) -> CodecSpec:
+        """The codec ``site`` sends with: its ``site_codecs`` entry, else ``uplink``."""
+        return parse_site_codecs(self.site_codecs).get(site) or parse_codec(
+            "compress.uplink", self.uplink
+        )
 
 
 @dataclass(frozen=True)
@@ -120,14 +242,18 @@ class DistillConfig:
     alpha: float = 0.5  # weight of the distillation term (1 - alpha on the hard labels)
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
-            raise ValueError("distill.temperature must be > 0 and distill.alpha in [0, 1]")
+        _check("distill.temperature", self.temperature, self.temperature > 0, "> 0")
+        _check("distill.alpha", self.alpha, 0 <= self.alpha <= 1, "[0, 1]")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     n_boot: int = 1000
     threshold_rule: str = "youden"  # youden | sens90
+
+    def __post_init__(self) -> None:
+        _check("eval.n_boot", self.n_boot, self.n_boot >= 10, ">= 10")
+        _choice("eval.threshold_rule", self.threshold_rule, THRESHOLD_RULES)
 
 
 @dataclass(frozen=True)
@@ -144,6 +270,12 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
+    def __post_init__(self) -> None:
+        if self.fl.strategy == "fedprox" and self.train.prox_mu <= 0:
+            raise ConfigError(
+                "fl.strategy = 'fedprox' needs train.prox_mu > 0 (with 0 it is FedAvg)"
+            )
+
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
@@ -155,14 +287,17 @@ class RunConfig:
             group, _, name = key.partition(".")
             if not name:
                 if group not in hints or dataclasses.is_dataclass(hints[group]):
-                    raise ValueError(f"unknown config key {key!r}")
+                    raise ConfigError(f"unknown config key {key!r}")
                 top[group] = _coerce(value, hints[group], key)
                 continue
             if group not in hints or not dataclasses.is_dataclass(hints[group]):
-                raise ValueError(f"unknown config group {group!r} in key {key!r}")
+                known = ", ".join(n for n, h in hints.items() if dataclasses.is_dataclass(h))
+                raise ConfigError(
+                    f"unknown config group {group!r} in key {key!r} (groups: {known})"
+                )
             sub_hints = typing.get_type_hints(hints[group])
             if name not in sub_hints:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown config key {key!r} (known in [{group}]: "
                     f"{', '.join(sorted(sub_hints))})"
                 )
@@ -172,13 +307,26 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-        flat = flatten(tomllib.loads(Path(path).read_text(encoding="utf-8"))) if path else {}
+        """A configuration file plus ``key=value`` overrides, every value checked.
+
+        Keys a user sets to a non-default value that the chosen method ignores
+        (``finetune.adapter_dim`` with LoRA, ``finetune.lora_r`` with an adapter or full
+        fine-tuning) are refused: they would silently do nothing.
+        """
+        flat: dict[str, Any] = {}
+        if path:
+            try:
+                flat = flatten(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep:
-                raise ValueError(f"--set expects key=value, got {item!r}")
+                raise ConfigError(f"--set expects key=value, got {item!r}")
             flat[key.strip()] = _parse_literal(raw.strip())
-        return cls.from_flat(flat)
+        cfg = cls.from_flat(flat)
+        _check_combinations(cfg, set(flat))
+        return cfg
 
     def to_flat(self) -> dict[str, Any]:
         return flatten(dataclasses.asdict(self))
@@ -198,6 +346,33 @@ class RunConfig:
                 for k, v in dataclasses.asdict(value).items():
                     lines.append(f"{k} = {_toml_value(v)}")
         return "\n".join(lines) + "\n"
+
+
+def _check_combinations(cfg: RunConfig, given: set[str]) -> None:
+    """Keys set to a non-default value that the chosen method ignores are an error.
+
+    (A saved ``config.toml`` lists every key with its default: those are fine.)
+    """
+    method, default = cfg.finetune.method, FinetuneConfig()
+
+    def changed(keys: tuple[str, ...]) -> list[str]:
+        return [
+            f"finetune.{k}"
+            for k in keys
+            if f"finetune.{k}" in given and getattr(cfg.finetune, k) != getattr(default, k)
+        ]
+
+    ignored = []
+    if method not in ("lora", "ffa-lora"):
+        ignored += changed(LORA_KEYS)
+    if method != "adapter":
+        ignored += changed(ADAPTER_KEYS)
+    if ignored:
+        them = "it" if len(ignored) == 1 else "them"
+        raise ConfigError(
+            f"{', '.join(ignored)} set but finetune.method = {method!r} does not use {them}; "
+            f"remove {them} or choose the method {them} belong(s) to"
+        )
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -227,17 +402,23 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(value)
                 return value.lower() in ("true", "1")
+            if not isinstance(value, bool | int) or value not in (0, 1):
+                raise ValueError(value)
             return bool(value)
         if hint is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
             return float(value)
         if hint is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(value)
             return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config key {key!r}: cannot read {value!r} as {hint.__name__}") from exc
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key!r}: cannot read {value!r} as {hint.__name__}") from None
     return value
 
 

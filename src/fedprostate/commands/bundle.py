@@ -9,15 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedprostate.cli_app import app
+from fedprostate.cli_app import app, fail
 
 console = Console()
 err = Console(stderr=True)
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2) from None
+    fail(exc)
 
 
 @app.command()

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedprostate.cli_app import app
+from fedprostate.cli_app import app, fail
 from fedprostate.config import RunConfig
 
 console = Console()
@@ -23,8 +23,7 @@ def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
     try:
         return RunConfig.load(config, overrides or [])
     except (ValueError, OSError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"configuration: {exc}")
 
 
 def _show(summary: dict, out: Path) -> None:

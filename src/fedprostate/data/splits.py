@@ -11,8 +11,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from fedprostate.config import PARTITIONS
+
 SPLITS = ("train", "val", "test")
-SCHEMES = ("natural", "iid", "dirichlet", "loso")
 
 
 def _patients(rows: list[dict]) -> dict[tuple[str, str], int]:
@@ -82,8 +83,8 @@ def partition(
         if holdout_site not in sites:
             raise ValueError(f"loso needs holdout_site in {sites}, got {holdout_site!r}")
         return {s: [r for r in rows if r["site"] == s] for s in sites if s != holdout_site}
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme {scheme!r}: choose one of {SCHEMES}")
+    if scheme not in PARTITIONS:
+        raise ValueError(f"scheme {scheme!r}: choose one of {PARTITIONS}")
     k = int(num_partitions or len(sites))
     if k < 1:
         raise ValueError("num_partitions must be >= 1")

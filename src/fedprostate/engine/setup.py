@@ -21,27 +21,11 @@ from fedprostate.models.backbones import create_backbone
 from fedprostate.models.bundle import load_teacher
 from fedprostate.models.finetune import (
     Finetuned,
-    FinetuneSpec,
     build_finetune,
     get_communicated,
     set_communicated,
 )
 from fedprostate.models.foundation import backbone_sha256, init_from_foundation
-
-
-def finetune_spec(cfg: RunConfig) -> FinetuneSpec:
-    f = cfg.finetune
-    return FinetuneSpec(
-        method=f.method,
-        lora_r=f.lora_r,
-        lora_alpha=f.lora_alpha,
-        lora_dropout=f.lora_dropout,
-        lora_mlp=f.lora_mlp,
-        adapter_dim=f.adapter_dim,
-        adapter_blocks=f.adapter_blocks,
-        local_norms=f.local_norms,
-        seed=cfg.seed,
-    )
 
 
 @dataclass
@@ -79,7 +63,7 @@ def build_model(cfg: RunConfig, fresh: bool = False) -> ModelBundle:
             f"{cfg.model.foundation_sha256[:12]}…: LoRA/adapter updates are meaningless on another "
             "backbone; install the consortium's foundation checkpoint"
         )
-    ft = build_finetune(backbone, cfg.model.arch, finetune_spec(cfg))
+    ft = build_finetune(backbone, cfg.model.arch, cfg.finetune, seed=cfg.seed)
     state = ft.model.state_dict()
     bundle = ModelBundle(
         ft=ft,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from fedprostate.config import THRESHOLD_RULES
 from fedprostate.data.study import StudyError
 from fedprostate.eval.bootstrap import (
     bootstrap_statistic,
@@ -29,7 +30,6 @@ from fedprostate.eval.bootstrap import (
 )
 
 ROW_KEYS = ("site", "patient_id", "finding_id", "source", "label", "score")
-THRESHOLD_RULES = ("youden", "sens90")
 
 
 def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:

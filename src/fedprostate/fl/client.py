@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
-from fedprostate.config import RunConfig
+from fedprostate.config import RunConfig, parse_codec
 from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores, score_metrics, train_local
 
@@ -50,10 +50,10 @@ def site_context(cfg: RunConfig, node_config: dict, run_dir: str) -> SiteContext
         name = names[pid]
     else:
         raise ValueError("node config needs 'site' (deployment) or 'partition-id' (simulation)")
-    per_site = dict(
-        item.split("=", 1) for item in cfg.compress.site_codecs.split(";") if "=" in item
-    )
-    uplink = str(node_config.get("codec", per_site.get(name, cfg.compress.uplink)))
+    if "codec" in node_config:  # the hospital's own choice (deployment node config)
+        uplink = str(parse_codec("node config codec", str(node_config["codec"])))
+    else:
+        uplink = str(cfg.compress.uplink_of(name))
     base = node_config.get("state-dir") or (Path(run_dir) / "client_state" if run_dir else None)
     return SiteContext(name=name, state_dir=Path(base) / name if base else None, uplink=uplink)
 

@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYog
 
 from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
-from fedprostate.config import RunConfig
+from fedprostate.config import STRATEGIES, RunConfig
 from fedprostate.fl import wire
 
 log = logging.getLogger("fedprostate.server")
@@ -234,6 +234,10 @@ _BASES = {
     "fedadagrad": FedAdagrad,
     "fedprox": FedProx,
 }
+if set(_BASES) != set(STRATEGIES):  # config.STRATEGIES is what a configuration may name
+    raise ImportError(
+        f"config.STRATEGIES and _BASES differ: {sorted(set(_BASES) ^ set(STRATEGIES))}"
+    )
 
 
 def make_strategy(cfg: RunConfig, num_clients: int) -> ProjectHooks:

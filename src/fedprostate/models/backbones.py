@@ -30,6 +30,8 @@ from typing import Any
 import timm
 import torch.nn as nn
 
+from fedprostate.config import ARCHS
+
 # name → {"model": timm model name, "family": swin|vit|resnet, **timm keyword overrides}
 BACKBONES: dict[str, dict[str, Any]] = {
     "swin_tiny": {"model": "swin_tiny_patch4_window7_224", "family": "swin"},
@@ -80,6 +82,8 @@ BACKBONES: dict[str, dict[str, Any]] = {
         "zero_init_last": False,
     },
 }
+if set(BACKBONES) != set(ARCHS):  # config.ARCHS is what a configuration may name
+    raise ImportError(f"config.ARCHS and BACKBONES differ: {sorted(set(BACKBONES) ^ set(ARCHS))}")
 
 SWIN_PATCH = 4
 _SWIN_WINDOW_CANDIDATES = (7, 4, 8, 6, 3, 2)

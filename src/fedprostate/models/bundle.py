@@ -11,7 +11,8 @@ Layout (written by ``fedprostate.runs.export.export_run``)::
 LoRA is merged into the base weights at export, so the state dict has the plain timm keys.
 Bottleneck adapters are non-linear and cannot be merged: they are kept as the project's own
 peft-free modules (``fedprostate.models.adapters``), re-attached here from ``bundle.json``
-(``adapter`` = {dim, blocks}) before the weights load. Loading never imports peft.
+(``adapter`` = {dim, blocks}, written by ``models.finetune.inference_structure``) before the
+weights load. Loading never imports peft.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fine-tuning methods: one function from (backbone, method, options) to a model and the tensors that travel.
 
-Methods (``FinetuneSpec.method``):
+Methods (``FinetuneConfig.method``, the list owned by ``fedprostate.config.METHODS``):
 
 * ``full``: every parameter trains and travels (plus BatchNorm running statistics).
 * ``linear``: only the classifier head.
@@ -13,11 +13,11 @@ Methods (``FinetuneSpec.method``):
   convolutions ``conv1``/``conv2``/``conv3``. The head is unfrozen directly (no ``modules_to_save``
   copy), so its names stay ``head.fc.*``/``head.*``/``fc.*``.
 * ``ffa-lora`` (Sun et al., ICLR 2024): LoRA whose A matrices are frozen and drawn from a generator
-  seeded with ``spec.seed`` (identical on every client built with the same seed), so only B and
+  seeded with ``seed`` (identical on every client built with the same seed), so only B and
   the head train and travel; averaging B is then exactly averaging B·A.
 
 LoRA A matrices (both methods) and adapter down-projections are drawn from a generator seeded with
-``spec.seed``; B and adapter up-projections start at zero, so every method starts at the base model.
+``seed``; B and adapter up-projections start at zero, so every method starts at the base model.
 
 Frozen BatchNorm layers are pinned to eval mode by a forward pre-hook: ``model.train()`` never makes
 them normalise with batch statistics or update their running statistics, so a frozen backbone is
@@ -37,50 +37,12 @@ import torch.nn as nn
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
+from fedprostate.config import FinetuneConfig
 from fedprostate.models.adapters import add_adapters
 from fedprostate.models.backbones import family, head_prefixes
 
-METHODS = ("full", "linear", "adapter", "lora", "ffa-lora")
-
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-@dataclass(frozen=True)
-class FinetuneSpec:
-    """Options of a fine-tuning method.
-
-    method: one of full, linear, adapter, lora, ffa-lora.
-    lora_r / lora_alpha / lora_dropout: LoRA rank, scaling numerator (scale = alpha / r), dropout.
-    lora_mlp: also put LoRA on the transformer MLPs (fc1, fc2); ignored for ResNet.
-    adapter_dim: adapter bottleneck width. adapter_blocks: how many final-stage blocks get one.
-    local_norms: FedBN-style: normalisation layers train but stay on the client.
-    seed: seeds LoRA A and adapter down-projection initialisation (FFA-LoRA's shared A).
-    """
-
-    method: str = "lora"
-    lora_r: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.0
-    lora_mlp: bool = False
-    adapter_dim: int = 64
-    adapter_blocks: int = 2
-    local_norms: bool = False
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.lora_r < 1:
-            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.adapter_dim < 1:
-            raise ValueError(f"adapter_dim must be >= 1, got {self.adapter_dim}")
-        if self.adapter_blocks < 1:
-            raise ValueError(f"adapter_blocks must be >= 1, got {self.adapter_blocks}")
 
 
 @dataclass
@@ -115,7 +77,7 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
 
 
-def _inject_lora(model: nn.Module, arch: str, spec: FinetuneSpec) -> nn.Module:
+def _inject_lora(model: nn.Module, arch: str, spec: FinetuneConfig, seed: int) -> nn.Module:
     config = LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
@@ -124,7 +86,7 @@ def _inject_lora(model: nn.Module, arch: str, spec: FinetuneSpec) -> nn.Module:
         bias="none",
     )
     model = inject_adapter_in_model(config, model)
-    generator = torch.Generator().manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, layer in _lora_layers(model):
             weight_a = layer.lora_A["default"].weight
@@ -135,16 +97,22 @@ def _inject_lora(model: nn.Module, arch: str, spec: FinetuneSpec) -> nn.Module:
     return model
 
 
-def build_finetune(backbone: nn.Module, arch: str, spec: FinetuneSpec) -> Finetuned:
-    """Prepare ``backbone`` (modified in place) for ``spec.method``; see the module docstring."""
+def build_finetune(
+    backbone: nn.Module, arch: str, spec: FinetuneConfig | None = None, seed: int = 0
+) -> Finetuned:
+    """Prepare ``backbone`` (modified in place) for ``spec.method``; see the module docstring.
+
+    ``seed`` draws LoRA A matrices (FFA-LoRA's shared A) and adapter down-projections.
+    """
+    spec = spec or FinetuneConfig()
     model = backbone
     full = spec.method == "full"
     for p in model.parameters():
         p.requires_grad_(full)
     if spec.method in ("lora", "ffa-lora"):
-        model = _inject_lora(model, arch, spec)
+        model = _inject_lora(model, arch, spec, seed)
     elif spec.method == "adapter":
-        for adapter in add_adapters(model, arch, spec.adapter_dim, spec.adapter_blocks, spec.seed):
+        for adapter in add_adapters(model, arch, spec.adapter_dim, spec.adapter_blocks, seed):
             adapter.requires_grad_(True)
     for p in model.get_classifier().parameters():
         p.requires_grad_(True)
@@ -233,3 +201,14 @@ def merge_for_inference(ft: Finetuned) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def inference_structure(spec: FinetuneConfig) -> dict:
+    """What a bundle must rebuild besides the timm backbone to load merged weights.
+
+    LoRA merges into the base weights (nothing to rebuild); bottleneck adapters are non-linear and
+    stay as modules (``models.bundle`` re-attaches them from this description).
+    """
+    if spec.method == "adapter":
+        return {"adapter": {"dim": spec.adapter_dim, "blocks": spec.adapter_blocks}}
+    return {}

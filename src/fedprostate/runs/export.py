@@ -38,7 +38,7 @@ from fedprostate.models.bundle import (
     WEIGHTS,
     load_bundle,
 )
-from fedprostate.models.finetune import merge_for_inference
+from fedprostate.models.finetune import inference_structure, merge_for_inference
 from fedprostate.models.foundation import backbone_sha256
 from fedprostate.records import predictions
 
@@ -189,9 +189,7 @@ def export_run(
         "threshold": threshold,
         "threshold_rule": rule,
         "finetune_method": cfg.finetune.method,
-        "adapter": {"dim": cfg.finetune.adapter_dim, "blocks": cfg.finetune.adapter_blocks}
-        if cfg.finetune.method == "adapter"
-        else None,
+        **inference_structure(cfg.finetune),
         "local_tensors_from_run": not ft.local,
         "foundation_sha256": foundation_sha,
         "weights_sha256": backbone_sha256(state),
