@@ -128,3 +128,28 @@ def test_bundle_scores_are_deterministic_probabilities(trained):
     p = predict_proba(model, x)
     assert p.shape == (4,) and np.all((p >= 0) & (p <= 1))
     np.testing.assert_array_equal(p, predict_proba(model, x))
+
+
+def test_a_three_slice_cache_trains_exports_and_predicts_end_to_end(tmp_path):
+    """--slices 3 writes 9-channel crops: the model, the bundle, ONNX and predict all follow."""
+    raw = write_picai(tmp_path / "raw", picai_phantoms(n=6, seed=5))
+    prepare(
+        raw, tmp_path / "cache", crop=32, n_slices=3, progress=False, fractions=(0.5, 0.25, 0.25)
+    )
+    cfg = tiny_config(tmp_path / "cache", **{"fl.rounds": 1, "train.steps": 2})
+    assert build_model(cfg, fresh=True).ft.model.patch_embed.proj.in_channels == 9
+    centralize(cfg, tmp_path / "run")
+    meta = export_run(tmp_path / "run", tmp_path / "bundle", formats=("bundle", "onnx"), n_boot=20)
+    assert len(meta["channel_names"]) == 9
+    assert meta["onnx"]["parity_max_abs_logit_diff_vs_unmerged"] < 1e-4
+    patient = load_index(tmp_path / "cache")[0]["patient_id"]
+    proc = _cli(
+        "predict", "--model", str(tmp_path / "bundle"), "--study", str(raw / "images" / patient),
+        "--out", str(tmp_path / "pred"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    got = json.loads((tmp_path / "pred" / "predictions.json").read_text(encoding="utf-8"))
+    expected = _cache_scores(tmp_path, cfg, patient)
+    scores = {r["finding_id"]: r["score"] for r in got["findings"]}
+    assert set(scores) == set(expected)
+    assert max(abs(scores[k] - expected[k]) for k in scores) < 1e-3

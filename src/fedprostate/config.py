@@ -109,9 +109,11 @@ class ModelConfig:
     crop: int = 64
     foundation: str = ""  # path to a foundation checkpoint (.safetensors); "" = random init
     foundation_sha256: str = ""  # expected hash of the foundation backbone ("" = not checked)
+    in_chans: int = 0  # input channels; 0 = from the crop cache's meta.json (3 per slice)
 
     def __post_init__(self) -> None:
         _choice("model.arch", self.arch, ARCHS)
+        _check("model.in_chans", self.in_chans, self.in_chans >= 0, ">= 0 (0 = from the cache)")
         _check("model.crop", self.crop, self.crop >= 32 and self.crop % 32 == 0, "a multiple of 32")
 
 

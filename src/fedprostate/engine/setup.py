@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from fedprostate.config import RunConfig
-from fedprostate.data.cache import CropDataset, load_index
+from fedprostate.data.cache import CropDataset, load_index, load_meta
+from fedprostate.data.crops import channel_names
 from fedprostate.data.splits import partition
 from fedprostate.models.backbones import create_backbone
 from fedprostate.models.bundle import load_teacher
@@ -38,10 +39,21 @@ class ModelBundle:
     initial_communicated: dict[str, np.ndarray]
 
 
+def input_channels(cfg: RunConfig) -> int:
+    """Channels of the model input: ``model.in_chans``, else the crop cache's (3 per slice)."""
+    if cfg.model.in_chans > 0:
+        return cfg.model.in_chans
+    meta = Path(cfg.data.cache) / "meta.json" if cfg.data.cache else None
+    if meta is not None and meta.is_file():
+        info = load_meta(cfg.data.cache)
+        return len(info.get("channel_names") or channel_names(int(info.get("n_slices", 1))))
+    return 3
+
+
 def _model_key(cfg: RunConfig) -> str:
     foundation = Path(cfg.model.foundation)
     stamp = foundation.stat().st_mtime_ns if cfg.model.foundation and foundation.exists() else 0
-    return repr((cfg.seed, cfg.model, cfg.finetune, stamp))
+    return repr((cfg.seed, cfg.model, cfg.finetune, stamp, input_channels(cfg)))
 
 
 _MODELS: dict[str, ModelBundle] = {}
@@ -53,9 +65,10 @@ def build_model(cfg: RunConfig, fresh: bool = False) -> ModelBundle:
     if not fresh and key in _MODELS:
         return _MODELS[key]
     torch.manual_seed(cfg.seed)  # identical random init on every participant when no foundation
-    backbone = create_backbone(cfg.model.arch, crop=cfg.model.crop, num_classes=2, in_chans=3)
+    chans = input_channels(cfg)
+    backbone = create_backbone(cfg.model.arch, crop=cfg.model.crop, num_classes=2, in_chans=chans)
     if cfg.model.foundation:
-        init_from_foundation(backbone, cfg.model.foundation, cfg.model.arch, cfg.model.crop)
+        init_from_foundation(backbone, cfg.model.foundation, cfg.model.arch, cfg.model.crop, chans)
     sha = backbone_sha256(backbone)
     if cfg.model.foundation_sha256 and sha != cfg.model.foundation_sha256:
         raise ValueError(

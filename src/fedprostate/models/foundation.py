@@ -93,9 +93,12 @@ def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor, model, ar
     return value
 
 
-def adapt_state(state: dict, arch: str, crop: int, source: str = "checkpoint") -> dict:
-    """Remap and adapt a state dict to ``create_backbone(arch, crop)``; strict key/shape check."""
-    model = create_backbone(arch, crop=crop)
+def adapt_state(
+    state: dict, arch: str, crop: int, source: str = "checkpoint", in_chans: int = 3
+) -> dict:
+    """Remap and adapt a state dict to ``create_backbone(arch, crop, in_chans=in_chans)``; strict
+    key/shape check."""
+    model = create_backbone(arch, crop=crop, in_chans=in_chans)
     reference = model.state_dict()
     heads = tuple(head_prefixes(model))
     state = remap_keys(state)
@@ -127,7 +130,9 @@ def adapt_state(state: dict, arch: str, crop: int, source: str = "checkpoint") -
     return {k: v.to(reference[k].dtype) for k, v in adapted.items()}
 
 
-def load_foundation(path: str | Path, arch: str, crop: int) -> dict[str, torch.Tensor]:
+def load_foundation(
+    path: str | Path, arch: str, crop: int, in_chans: int = 3
+) -> dict[str, torch.Tensor]:
     """A backbone state dict for ``create_backbone(arch, crop)`` (head keys may be absent)."""
     spec = str(path)
     if not Path(spec).exists() and spec.startswith(_HUB_SCHEMES):
@@ -135,7 +140,7 @@ def load_foundation(path: str | Path, arch: str, crop: int) -> dict[str, torch.T
 
         name = spec.removeprefix("timm:")
         state = timm.create_model(name, pretrained=True).state_dict()
-        return adapt_state(state, arch, crop, source=spec)
+        return adapt_state(state, arch, crop, source=spec, in_chans=in_chans)
     path = Path(spec)
     if not path.is_file():
         raise FoundationError(f"{path}: no such checkpoint file")
@@ -145,12 +150,14 @@ def load_foundation(path: str | Path, arch: str, crop: int) -> dict[str, torch.T
             raise FoundationError(f"{path}: checkpoint is for {meta['arch']!r}, not {arch!r}")
         if meta.get("channels") not in (None, CHANNELS):
             raise FoundationError(f"{path}: channel order {meta['channels']} is not {CHANNELS}")
-    return adapt_state(_read_state(path), arch, crop, source=str(path))
+    return adapt_state(_read_state(path), arch, crop, source=str(path), in_chans=in_chans)
 
 
-def init_from_foundation(model: nn.Module, path: str | Path, arch: str, crop: int) -> str:
+def init_from_foundation(
+    model: nn.Module, path: str | Path, arch: str, crop: int, in_chans: int = 3
+) -> str:
     """Load foundation weights into a fresh backbone (head excepted); return their sha256."""
-    state = load_foundation(path, arch, crop)
+    state = load_foundation(path, arch, crop, in_chans)
     result = model.load_state_dict(state, strict=False)
     heads = tuple(head_prefixes(model))
     not_head = [k for k in result.missing_keys if not k.startswith(heads)]

@@ -118,7 +118,7 @@ def distill_report(
         "teacher": {
             "bundle": str(teacher_bundle),
             "arch": teacher_meta["arch"],
-            **footprint(teacher, crop, n_latency=n_latency),
+            **footprint(teacher, crop, len(teacher_meta["channel_names"]), n_latency=n_latency),
             "test_auroc": _auroc(t_rows, n_boot, seed),
         },
         "students": {},
@@ -129,7 +129,10 @@ def distill_report(
     t_thr = report["teacher"]["throughput_img_s_batch64"]
     for name, info in students.items():
         model, meta = load_bundle(info["bundle"])
-        entry = {"arch": meta["arch"], **footprint(model, crop, n_latency=n_latency)}
+        entry = {
+            "arch": meta["arch"],
+            **footprint(model, crop, len(meta["channel_names"]), n_latency=n_latency),
+        }
         entry["test_auroc"] = _auroc(info["rows"], n_boot, seed)
         entry["speedup_latency"] = t_lat / entry["latency_ms_batch1"]
         entry["speedup_throughput"] = entry["throughput_img_s_batch64"] / t_thr

@@ -206,7 +206,7 @@ def export_run(
     (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     plain, _ = load_bundle(out)
     if "onnx" in formats:
-        in_chans = 3 * n_slices
+        in_chans = len(meta["channel_names"])
         onnx_export(plain, out / ONNX, cfg.model.crop, in_chans)
         meta["onnx"] = {
             "file": ONNX,
