@@ -7,7 +7,6 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from fedprostate.data.study import StudyError
 from fedprostate.eval.compare import (
     compare_models,
     delong_ci,
@@ -18,6 +17,7 @@ from fedprostate.eval.compare import (
     verdict,
     verdict_from_comparison,
 )
+from fedprostate.records.predictions import PredictionsError
 
 # Three positives then three negatives; the same six findings scored by two models.
 LABELS = np.array([1, 1, 1, 0, 0, 0])
@@ -127,10 +127,10 @@ def test_compare_models_matches_rows_and_checks_them():
     assert verdict_from_comparison(res, claim="superior", alpha=0.05, margin=0.0) == "reproduced"
     with pytest.raises(ValueError, match="alpha"):
         verdict_from_comparison(res, claim="superior", alpha=0.10, margin=0.0)
-    with pytest.raises(StudyError, match="only one"):
+    with pytest.raises(PredictionsError, match="only one"):
         compare_models(rows_a, rows_b[1:])
     rows_b[0]["label"] = 1 - rows_b[0]["label"]
-    with pytest.raises(StudyError, match="different labels"):
+    with pytest.raises(PredictionsError, match="different labels"):
         compare_models(rows_a, rows_b)
 
 

@@ -8,7 +8,6 @@ import pytest
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fedprostate.data.study import StudyError
 from fedprostate.eval.baselines import (
     adc_rule_predictions,
     median_psad,
@@ -30,6 +29,7 @@ from fedprostate.eval.metrics import (
     sens_spec,
 )
 from fedprostate.records import predictions
+from fedprostate.records.predictions import PredictionsError
 
 
 def _rows(labels, scores, patients=None, sites=None, sources=None):
@@ -212,9 +212,9 @@ def test_evaluate_predictions_thresholds_and_calibration():
 def test_evaluate_predictions_rejects_bad_rows():
     rows = _rows([0, 1], [0.1, 0.9])
     rows[1]["score"] = float("nan")
-    with pytest.raises(StudyError, match="patient 1"):
+    with pytest.raises(PredictionsError, match="patient 1"):
         evaluate_predictions(rows)
-    with pytest.raises(StudyError, match="label"):
+    with pytest.raises(PredictionsError, match="label"):
         evaluate_predictions(_rows([0, 2], [0.1, 0.9]))
     with pytest.raises(ValueError):
         evaluate_predictions([])
@@ -247,6 +247,6 @@ def test_adc_and_psad_baselines():
     imputed = psad_predictions(index, impute=median_psad(index, split="test"))
     assert {r["patient_id"]: r["score"] for r in imputed}["3"] == pytest.approx(0.2)
     index[2]["adc_mean"] = None
-    with pytest.raises(StudyError, match="patient 2"):
+    with pytest.raises(PredictionsError, match="patient 2"):
         adc_rule_predictions(index)
     assert predictions.from_index(index[:1], [0.5])[0]["finding_id"] == "a"

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedprostate.data.study import StudyError
 from fedprostate.records import predictions
+from fedprostate.records.predictions import PredictionsError
 
 
 def _missing(value) -> bool:
@@ -41,7 +41,7 @@ def adc_rule_predictions(index_rows: Sequence[dict], split: str | None = "test")
     rows = _select(index_rows, split)
     for r in rows:
         if _missing(r.get("adc_mean")):
-            raise StudyError(
+            raise PredictionsError.of(
                 str(r["patient_id"]), f"no adc_mean for finding {predictions.finding_key(r)}"
             )
     return predictions.from_index(rows, [-float(r["adc_mean"]) for r in rows])

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from fedprostate.data.study import StudyError
 from fedprostate.eval.bootstrap import bootstrap_statistic, percentile_ci, weighted_auroc
 from fedprostate.eval.metrics import check_rows, patient_key
 from fedprostate.records import predictions
+from fedprostate.records.predictions import PredictionsError
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 CLAIMS = ("superior", "noninferior")
@@ -161,18 +161,24 @@ def match_predictions(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> tuple:
         for r in rows:
             key = (patient_key(r), predictions.finding_key(r))
             if key in out:
-                raise StudyError(str(r["patient_id"]), f"{name}: finding {key[1]} appears twice")
+                raise PredictionsError.of(
+                    str(r["patient_id"]), f"{name}: finding {key[1]} appears twice"
+                )
             out[key] = r
         return out
 
     a, b = keyed(rows_a, "model A"), keyed(rows_b, "model B")
     if a.keys() != b.keys():
         diff = sorted(a.keys() ^ b.keys())[0]
-        raise StudyError(diff[0], f"finding {diff[1]} is scored by only one of the two models")
+        raise PredictionsError.of(
+            diff[0], f"finding {diff[1]} is scored by only one of the two models"
+        )
     keys = sorted(a)
     for key in keys:
         if int(a[key]["label"]) != int(b[key]["label"]):
-            raise StudyError(key[0], f"finding {key[1]} has different labels in the two models")
+            raise PredictionsError.of(
+                key[0], f"finding {key[1]} has different labels in the two models"
+            )
     labels = np.array([int(a[k]["label"]) for k in keys])
     return (
         labels,

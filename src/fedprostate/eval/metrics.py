@@ -18,7 +18,6 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fedprostate.config import THRESHOLD_RULES
-from fedprostate.data.study import StudyError
 from fedprostate.eval.bootstrap import (
     bootstrap_statistic,
     ci_dict,
@@ -28,6 +27,7 @@ from fedprostate.eval.bootstrap import (
     weighted_mean,
     weighted_sens_spec,
 )
+from fedprostate.records.predictions import PredictionsError
 
 ROW_KEYS = ("site", "patient_id", "finding_id", "source", "label", "score")
 
@@ -118,12 +118,12 @@ def check_rows(rows: Sequence[dict], what: str = "predictions") -> None:
         missing = [k for k in ROW_KEYS if k not in row]
         pid = str(row.get("patient_id", "?"))
         if missing:
-            raise StudyError(pid, f"{what}: prediction row lacks {missing}")
+            raise PredictionsError.of(pid, f"{what}: prediction row lacks {missing}")
         if row["label"] not in (0, 1, True, False):
-            raise StudyError(pid, f"{what}: label {row['label']!r} is not 0/1")
+            raise PredictionsError.of(pid, f"{what}: label {row['label']!r} is not 0/1")
         score = row["score"]
         if score is None or not math.isfinite(float(score)):
-            raise StudyError(
+            raise PredictionsError.of(
                 pid, f"{what}: score {score!r} of finding {row['finding_id']} is not finite"
             )
 

@@ -29,7 +29,11 @@ REQUIRED = ("site", "patient_id", "finding_id", "label", "score")
 
 
 class PredictionsError(ValueError):
-    """A predictions file that cannot be read (the message names the file and row)."""
+    """Prediction rows that cannot be used (the message names the file/row or the patient)."""
+
+    @classmethod
+    def of(cls, patient_id: object, reason: str) -> PredictionsError:
+        return cls(f"patient {patient_id}: {reason}")
 
 
 def finding_key(row: dict) -> str:

@@ -17,12 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import tomli_w
 
-from fedprostate.config import RunConfig
+from fedprostate.config import RunConfig, flatten
 from fedprostate.fl.deploy.certs import (
     NodeKeys,
     ServerCertificates,
@@ -84,10 +85,6 @@ def write_app_dir(out: Path) -> Path:
 
 def app_config_keys(app: Path) -> list[str]:
     """Dotted keys that the app's ``[tool.flwr.app.config]`` defines (all others are refused)."""
-    import tomllib
-
-    from fedprostate.config import flatten
-
     doc = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
     return list(flatten(doc["tool"]["flwr"]["app"].get("config", {})))
 

@@ -1,0 +1,73 @@
+"""The package's shape stays true: one-way layers, no import cycle, no import hidden in a function
+to dodge one (command modules excepted: they import lazily so that `fedprostate --help` is fast)."""
+
+import ast
+from pathlib import Path
+
+import grimp
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "fedprostate"
+LAZY_OK = ("commands",)  # CLI start-up speed, documented in commands/__init__.py
+
+
+def test_the_layers_contract_holds():
+    """Runs the import-linter contract of pyproject.toml ([tool.importlinter])."""
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+
+
+def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.find_modules_directly_imported_by(node):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return out
+
+
+def test_no_import_cycle_between_modules():
+    graph = grimp.build_graph("fedprostate")
+    # a package's __init__ importing its children is not a cycle of code
+    assert _cycles(graph) == []
+
+
+def test_project_imports_live_at_module_level():
+    hidden = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if set(path.relative_to(PACKAGE).parts) & set(LAZY_OK):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith(
+                        "fedprostate"
+                    ):
+                        hidden.append(f"{path.relative_to(PACKAGE)}:{sub.lineno} {sub.module}")
+    assert hidden == []
