@@ -1,5 +1,6 @@
 """The run configuration: every value checked when it loads, errors name key, value and choices."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from fedprostate.config import (
     THRESHOLD_RULES,
     ConfigError,
     RunConfig,
+    flatten,
 )
 
 
@@ -139,3 +141,29 @@ def test_a_typo_exits_2_with_one_line_before_any_data_is_read(tmp_path, command)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "compress.uplink" in lines[0] and "int3" in lines[0]
     assert not out.exists()  # nothing written, no process started
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_flower_app_has_a_default_for_every_config_key():
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    flwr_app = doc["tool"]["flwr"]["app"]
+    assert flwr_app["publisher"] == "fedprostate"
+    assert flwr_app["components"] == {
+        "serverapp": "fedprostate.fl.server_app:app",
+        "clientapp": "fedprostate.fl.client_app:app",
+    }
+    assert flatten(flwr_app["config"]) == RunConfig().to_flat()
+
+
+def test_a_saved_run_config_with_leftover_method_keys_reads_back(tmp_path: Path):
+    """A run folder records every key; an adapter run made from a LoRA base keeps lora_r."""
+    cfg = RunConfig().replace(**{"finetune.lora_r": 2, "finetune.method": "adapter"})
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml(), encoding="utf-8")
+    assert RunConfig.load(path, saved=True) == cfg
+    with pytest.raises(ConfigError, match="finetune.lora_r"):
+        RunConfig.load(path)  # the same file given as a user's configuration is refused
+    with pytest.raises(ConfigError, match="finetune.lora_r"):
+        RunConfig.load(path, ["finetune.lora_r=4"], saved=True)  # an override is still checked

@@ -308,26 +308,35 @@ class RunConfig:
         return cls(**top, **built)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    def load(
+        cls,
+        path: str | Path | None = None,
+        overrides: list[str] | None = None,
+        saved: bool = False,
+    ) -> RunConfig:
         """A configuration file plus ``key=value`` overrides, every value checked.
 
         Keys a user sets to a non-default value that the chosen method ignores
         (``finetune.adapter_dim`` with LoRA, ``finetune.lora_r`` with an adapter or full
-        fine-tuning) are refused: they would silently do nothing.
+        fine-tuning) are refused: they would silently do nothing. ``saved=True`` reads a run
+        folder's ``config.toml`` (a record of every key): then only the overrides are so checked.
         """
         flat: dict[str, Any] = {}
+        given: set[str] = set()
         if path:
             try:
                 flat = flatten(tomllib.loads(Path(path).read_text(encoding="utf-8")))
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+            given = set() if saved else set(flat)
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise ConfigError(f"--set expects key=value, got {item!r}")
             flat[key.strip()] = _parse_literal(raw.strip())
+            given.add(key.strip())
         cfg = cls.from_flat(flat)
-        _check_combinations(cfg, set(flat))
+        _check_combinations(cfg, given)
         return cfg
 
     def to_flat(self) -> dict[str, Any]:

@@ -19,9 +19,9 @@ SET_OPT = typer.Option(None, "--set", "-s", help="Override a key: --set fl.round
 OUT_OPT = typer.Option(..., "--out", "-o", help="Run folder to write.")
 
 
-def _load(config: Path | None, overrides: list[str] | None) -> RunConfig:
+def _load(config: Path | None, overrides: list[str] | None, saved: bool = False) -> RunConfig:
     try:
-        return RunConfig.load(config, overrides or [])
+        return RunConfig.load(config, overrides or [], saved=saved)
     except (ValueError, OSError) as exc:
         fail(f"configuration: {exc}")
 
@@ -65,12 +65,10 @@ def federate(
     if resume is not None:
         saved = resume / "config.toml"
         if not saved.exists():
-            console.print(f"[red]{saved} not found: not a run folder[/red]")
-            raise typer.Exit(2)
-        cfg, out = _load(saved, overrides), resume
+            fail(f"{saved} not found: not a run folder")
+        cfg, out = _load(saved, overrides, saved=True), resume
     elif out is None:
-        console.print("[red]--out RUN is required (or --resume RUN)[/red]")
-        raise typer.Exit(2)
+        fail("--out RUN is required (or --resume RUN)")
     else:
         cfg = _load(config, overrides)
     try:

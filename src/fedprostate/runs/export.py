@@ -77,7 +77,7 @@ def load_run_model(run_dir: str | Path):
     config = run / "config.toml"
     if not config.is_file():
         raise ExportError(f"{config}: not found (not a run folder)")
-    cfg = RunConfig.load(config)
+    cfg = RunConfig.load(config, saved=True)
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     if summary.get("kind") == "local":

@@ -21,9 +21,7 @@ from fedprostate.models.bundle import BundleError, load_bundle
 from fedprostate.records import predictions
 from fedprostate.runs.export import export_run, onnx_logits
 from fedprostate.runs.pooled import centralize
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fl_fixtures import tiny_config, write_tiny_cache  # noqa: E402
+from fl_fixtures import tiny_config, write_tiny_cache
 
 
 def _run_and_export(root: Path, method: str, formats) -> tuple[Path, Path, object]:

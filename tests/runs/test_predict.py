@@ -17,10 +17,8 @@ from fedprostate.engine.loop import predict_scores
 from fedprostate.engine.setup import build_model, load_communicated
 from fedprostate.runs.export import export_run
 from fedprostate.runs.pooled import centralize
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fl_fixtures import tiny_config  # noqa: E402
-from mri_fixtures import picai_phantoms, write_picai  # noqa: E402
+from fl_fixtures import tiny_config
+from mri_fixtures import picai_phantoms, write_picai
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +21,7 @@ from fedprostate.runs.distill import (
 )
 from fedprostate.runs.export import export_run
 from fedprostate.runs.pooled import centralize
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fl_fixtures import tiny_config, write_tiny_cache  # noqa: E402
+from fl_fixtures import tiny_config, write_tiny_cache
 
 
 class _Fixed(torch.nn.Module):

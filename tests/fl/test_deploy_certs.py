@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from flwr.cli.supernode.register import try_load_public_key
 from typer.testing import CliRunner
 
 from fedprostate.cli import app
-from fedprostate.config import RunConfig, flatten
 from fedprostate.fl.deploy.certs import (
     certificate_expiry,
     make_node_keys,
@@ -22,7 +20,7 @@ from fedprostate.fl.deploy.certs import (
 )
 from fedprostate.fl.deploy.deployment import node_config_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(path: Path) -> x509.Certificate:
@@ -72,17 +70,6 @@ def test_node_keys_load_as_flower_loads_them(tmp_path):
     assert isinstance(public, bytes) and len(public) > 0
     assert keys.public_key.read_text(encoding="utf-8").startswith("ecdsa-sha2-nistp384 ")
     assert keys.private_key.stat().st_mode & 0o077 == 0
-
-
-def test_pyproject_flower_app_has_a_default_for_every_config_key():
-    doc = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    flwr_app = doc["tool"]["flwr"]["app"]
-    assert flwr_app["publisher"] == "fedprostate"
-    assert flwr_app["components"] == {
-        "serverapp": "fedprostate.fl.server_app:app",
-        "clientapp": "fedprostate.fl.client_app:app",
-    }
-    assert flatten(flwr_app["config"]) == RunConfig().to_flat()
 
 
 def test_node_config_text_is_what_flower_parses():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
+from test_faults import SHAPES, _reply, _strategy, _tensors, server_identity  # noqa: F401
 
 from fedprostate.config import RunConfig
 from fedprostate.fl import wire
 from fedprostate.fl.strategies import make_strategy
-from test_faults import SHAPES, _reply, _strategy, _tensors, server_identity  # noqa: F401
 
 
 @pytest.mark.parametrize(
