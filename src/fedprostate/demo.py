@@ -6,8 +6,8 @@
 4. fine-tune it federated (Flower simulation): LoRA + FedAdam, int8-quantized uplink,
 5. evaluate (patient-bootstrap CIs, mean-ADC and PSA-density baselines) and write the report.
 
-Sizes live in ``configs/demo.toml`` (table ``[demo]`` for the data and pre-training, the other
-tables are an ordinary run configuration). Every step is skipped when its output exists, so an
+Sizes live in ``configs/demo-plan.toml`` (data and pre-training) and ``configs/demo.toml`` (an
+ordinary run configuration, usable by ``fedprostate federate``). Every step is skipped when its output exists, so an
 interrupted demo continues where it stopped.
 """
 
@@ -29,6 +29,7 @@ from fedprostate.study.config import DataPlan, PretrainPlan, StudyConfig
 from fedprostate.study.inputs import ensure_caches, ensure_foundations, synthesize_raw
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
+DEFAULT_PLAN = DEFAULT_CONFIG.with_name("demo-plan.toml")
 
 # Used when configs/demo.toml is absent (an installed package without the repository).
 _FALLBACK = {
@@ -67,20 +68,34 @@ QUICK_RUN = {"fl.rounds": 2, "train.epochs": 1, "eval.n_boot": 200}
 
 
 def load_demo_config(
-    path: str | Path | None, overrides: list[str] | None = None, quick: bool = False
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    quick: bool = False,
+    plan_path: str | Path | None = None,
 ) -> tuple[DemoPlan, RunConfig]:
-    """The demo plan and run configuration (``--set demo.patients=60`` or ``fl.rounds=3``)."""
-    raw: dict = {}
+    """The demo plan (``configs/demo-plan.toml``) and run configuration (``configs/demo.toml``).
+
+    Overrides: ``demo.patients=60`` changes the plan, ``fl.rounds=3`` the run.
+    """
     path = Path(path) if path else DEFAULT_CONFIG
-    if path.exists():
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    elif path != DEFAULT_CONFIG:
-        raise FileNotFoundError(f"{path}: no such demo configuration")
-    plan_values = dict(raw.pop("demo", {}))
-    run_flat = flatten(raw) if raw else dict(_FALLBACK)
+    plan_path = Path(plan_path) if plan_path else DEFAULT_PLAN
+    for given, default in ((path, DEFAULT_CONFIG), (plan_path, DEFAULT_PLAN)):
+        if not given.exists() and given != default:
+            raise FileNotFoundError(f"{given}: no such demo configuration")
+    plan_values = (
+        dict(tomllib.loads(plan_path.read_text(encoding="utf-8")).get("demo", {}))
+        if plan_path.exists()
+        else {}
+    )
+    run_flat = (
+        flatten(tomllib.loads(path.read_text(encoding="utf-8")))
+        if path.exists()
+        else dict(_FALLBACK)
+    )
     if quick:
         plan_values.update(QUICK)
         run_flat.update(QUICK_RUN)
+    run_overrides = []
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -89,11 +104,15 @@ def load_demo_config(
         if key.startswith("demo."):
             plan_values[key[5:]] = tomllib.loads(f"v = {value}")["v"] if value else value
         else:
-            run_flat[key] = RunConfig.load(None, [item]).to_flat()[key]
+            run_overrides.append(item)
     known = {f.name for f in fields(DemoPlan)}
     unknown = set(plan_values) - known
     if unknown:
         raise ValueError(f"unknown [demo] keys {sorted(unknown)}; known: {sorted(known)}")
+    overridden = RunConfig.load(None, run_overrides).to_flat()
+    run_flat.update(
+        {k: overridden[k] for k in (i.partition("=")[0].strip() for i in run_overrides)}
+    )
     return DemoPlan(**plan_values), RunConfig.from_flat(run_flat)
 
 

@@ -3,7 +3,8 @@
 ``TRAIN_IMG_PER_S`` holds images per second of forward + backward (LoRA, batch 32, one torch
 thread) measured on this project's 2-core CPU machine; other crops are scaled by pixel count
 (cost grows about linearly with tokens). Full fine-tuning is slower by ``FULL_FT_SLOWDOWN``
-(DESIGN.md: Swin-T at 64 px trains at 71.7 img/s with LoRA and 44.6 img/s fully, 2 threads).
+(measured by benchmarks/finetune_cost.py, README "Cost": Swin-T at 64 px trains at 71.7 img/s
+with LoRA and 44.6 img/s fully, 2 threads).
 Evaluation (validation + test each round) costs about a third of a training step per image.
 A Flower Ray simulation has a fixed start-up cost (``OVERHEAD_S``; 17–24 s measured on an idle
 machine for a 2-client toy, more when the machine is loaded).
