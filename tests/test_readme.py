@@ -48,8 +48,8 @@ BENCH_KNOBS = {
     "finetune_cost.py": ["--backbones", "swin_test", "--methods", "lora", "--quick", "--crop", "32"],
     "fl_overhead.py": ["--sites", "2", "--patients", "12", "--arch", "swin_test", "--crop", "32",
                        "--epochs", "1", "--rounds", "2"],
-    "compression.py": ["--sites", "2", "--patients", "16", "--arch", "swin_test", "--crop", "32",
-                       "--rounds", "1", "--steps", "1", "--arms", "lora_fp32,lora_int8"],
+    "compression.py": ["--sites", "2", "--patients", "40", "--arch", "swin_test", "--crop", "32",
+                       "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
     "pretrain_vs_scratch.py": ["--rounds", "1"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}

@@ -54,8 +54,9 @@ def synth_command(
         table.add_row(name, str(row["patients"]), str(row["positives"]), str(row["findings"]))
     console.print(table)
     console.print(
-        f"{report.n_studies} studies + {report.n_unlabeled} unlabeled, {report.n_findings} biopsied "
-        f"findings, {report.bytes_written / 1e6:.1f} MB in {report.seconds:.1f} s"
+        f"{report.n_studies} studies + {report.n_unlabeled} unlabeled, {report.n_findings} "
+        f"radiologist-marked findings ({report.n_lesions} lesions in the ground truth), "
+        f"{report.bytes_written / 1e6:.1f} MB in {report.seconds:.1f} s"
     )
 
 
@@ -86,8 +87,16 @@ def summary_command(
             *[f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
         )
     console.print(table)
-    rule = result["adc_rule"]
+    rule, reader = result["adc_rule"], result["reader"]
     console.print(
-        f"ADC rule (mean ADC in finding, lower = suspicious): AUROC {rule['auroc']:.3f} on "
-        f"{rule['n']} biopsied findings; shuffled labels {rule['shuffled']:.3f}. Plot: {result['plot']}"
+        f"ADC rule (mean ADC in a 3 mm ROI, lower = suspicious): AUROC {rule['auroc']:.3f} on "
+        f"the {rule['n']} radiologist-marked findings; shuffled labels {rule['shuffled']:.3f}."
+    )
+    share = ", ".join(
+        f"PI-RADS {k}: {v['cspca']}/{v['n']}" for k, v in reader["csPCa_share"].items()
+    )
+    console.print(
+        f"Radiologist: PI-RADS >= 3 marks {reader['sensitivity']:.1%} of {reader['n_cancers']} "
+        f"csPCa lesions; csPCa among marks {share}; PI-RADS AUROC {reader['pirads_auroc']:.3f}. "
+        f"Plot: {result['plot']}"
     )

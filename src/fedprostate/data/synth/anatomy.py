@@ -28,11 +28,30 @@ AS_TISSUE = (0.25, 0.35, 1000.0)
 # csPCa mean ADC by ISUP (restriction grows with grade); SD of lesion means ~160 (literature).
 CSPCA_ADC = {2: 950.0, 3: 870.0, 4: 800.0, 5: 730.0}
 ISUP_PROBS = {2: 0.45, 3: 0.25, 4: 0.15, 5: 0.15}
+# Morphology by kind, from the PI-RADS v2.1 lexicon (Turkbey et al., Eur Urol 2019): csPCa is
+# homogeneous, moderately hypointense with non-circumscribed ("ill-defined", lenticular or
+# irregular) margins; BPH nodules are circumscribed, often encapsulated by a thin T2-dark rim, with
+# heterogeneous ("organised chaos") signal; prostatitis is band-like or wedge-shaped with
+# indistinct margins and mild, diffuse restriction. Fixed before any model was measured.
+MORPHOLOGY = {  # kind: (het, lobulation, rim_mm)
+    "cspca": (0.04, 0.20, 0.0),
+    "isup1": (0.06, 0.10, 0.0),
+    "bph_nodule": (0.16, 0.0, 1.0),
+    "prostatitis": (0.10, 0.12, 0.0),
+    "benign_biopsy": (0.10, 0.08, 0.0),
+}
+RIM_T2 = 0.22  # relative T2 of a BPH nodule's fibrous pseudo-capsule (dark)
 
 
 @dataclass
 class Lesion:
-    """A focal finding (biopsied or not) in world mm with its tissue properties."""
+    """A focal finding (biopsied or not) in world mm with its tissue properties.
+
+    Morphology follows the PI-RADS v2.1 lexicon (``MORPHOLOGY``): ``het`` is the amplitude of
+    internal signal heterogeneity (csPCa: homogeneous; BPH: "organised chaos"), ``lobulation`` the
+    irregularity of the margin (relative to the radius), ``rim_mm`` the thickness of a T2-dark
+    capsule (encapsulated BPH nodules), ``edge_mm`` the sharpness of the boundary.
+    """
 
     kind: str  # cspca | isup1 | bph_nodule | prostatitis | benign_biopsy
     isup: int
@@ -42,6 +61,9 @@ class Lesion:
     edge_mm: float  # margin sharpness: BPH nodules are circumscribed, prostatitis diffuse
     props: tuple[float, float, float]  # (T2, S0, ADC)
     biopsied: bool = True
+    het: float = 0.08
+    lobulation: float = 0.0
+    rim_mm: float = 0.0
 
     @property
     def radius_mm(self) -> float:
@@ -187,11 +209,17 @@ def sample_phantom(ph: Phantom, grid, props: tuple[int, ...], width: float, shif
         r = _rel(gbox, lbox)
         lu, lv, lw = ph.gland_frame(*[np.float32(c) for c in les.center])
         d = _ellipsoid_dist(u[r] - lu, v[r] - lv, w[r] - lw, les.radii)
+        if les.lobulation:  # irregular margin: the boundary moves with a smooth random field
+            d = d - les.lobulation * les.radius_mm * tex[0][r]
         m = soft(d, edge) * parts["gland"][r]
-        het = 1.0 + 0.08 * tex[1][r]  # within-lesion heterogeneity
+        het = 1.0 + les.het * tex[1][r]  # within-lesion heterogeneity
         _paint(
             [s[r] for s in sub], m, (les.props[0] * het, les.props[1], les.props[2] * het), props
         )
+        if les.rim_mm and 0 in props:  # fibrous pseudo-capsule: a dark T2 shell at the margin
+            shell = soft(np.abs(d) - les.rim_mm / 2.0, max(width, 0.3)) * parts["gland"][r]
+            t2 = sub[props.index(0)][r]
+            t2 += shell * (RIM_T2 - t2)
         lesion_masks.append((lbox, m))
     gland = np.zeros(shape, dtype=np.float32)
     gland[gbox] = parts["gland"]
@@ -288,8 +316,13 @@ def draw_lesion(rng, ph: Phantom, kind: str, isup: int, zone: str, biopsied=True
         raise ValueError(f"unknown finding kind {kind!r}")
     props = (float(max(props[0], 0.1)), float(props[1]), float(np.clip(props[2], 400.0, 2200.0)))
     radii = diam / 2.0 * rng.uniform(0.8, 1.2, size=3)
+    if kind == "prostatitis":  # band-like: long left-right and cranio-caudally, thin front-back
+        radii = radii * np.array([1.5, 0.5, 1.2])
+    elif kind == "cspca" and zone == "TZ":  # lenticular ("erased charcoal")
+        radii = radii * np.array([1.3, 0.7, 1.0])
     center = _place(rng, ph, zone, radii)
-    return Lesion(kind, isup, zone, center, radii, edge, props, biopsied)
+    het, lobulation, rim = MORPHOLOGY[kind]
+    return Lesion(kind, isup, zone, center, radii, edge, props, biopsied, het, lobulation, rim)
 
 
 def _place(rng, ph: Phantom, zone: str, radii) -> np.ndarray:

@@ -25,6 +25,7 @@ from fedprostate.data.synth.anatomy import (
     make_phantom,
     sample_phantom,
 )
+from fedprostate.data.synth.reader import Mark, read_study
 from fedprostate.data.synth.sites import SiteProfile
 
 B_LOW = 50.0  # s/mm2, lowest b of the ADC fit (avoids perfusion)
@@ -82,6 +83,10 @@ class SynthStudy:
     clinical: dict[str, object] = field(default_factory=dict)
     grids: dict[str, Grid] = field(default_factory=dict)
     in_mask: list[bool] = field(default_factory=list)  # per finding: drawn in the lesion mask
+    lesions: list[Lesion] = field(default_factory=list)  # every lesion, biopsied or not
+    lesion_pirads: list[int] = field(default_factory=list)  # the reader's score of each lesion
+    marks: list[Mark] = field(default_factory=list)  # what the radiologist marked (PI-RADS >= 3)
+    lesion_in_mask: list[bool] = field(default_factory=list)  # per lesion: drawn in the mask
 
 
 def _rician(rng, signal, sigma):
@@ -180,7 +185,8 @@ def generate_study(
                             profile.dwi_slice_mm, DWI_FOV_MM, T2_COVERAGE_MM)  # fmt: skip
     bias_params = (rng.normal(0, 1, size=3), rng.normal(0, 1))
     distortion = rng.normal(0, [0.5, 1.0, 0.3])  # EPI shift of the anatomy, mostly along AP
-    t2_rng, dwi_rng = rng.spawn(2)  # separate noise streams: an ADC-only run reproduces the ADC
+    # separate streams: an ADC-only run reproduces the ADC; the reader never shifts image noise
+    t2_rng, dwi_rng, reader_rng = rng.spawn(3)
     images, gland_img, lesion_img = {}, None, None
     drawn = {id(les): False for les in phantom.lesions}
     if "t2w" in sequences:
@@ -203,8 +209,10 @@ def generate_study(
         images.update(_dwi(profile, dwi_rng, phantom, dwi_grid, distortion, bias_params))
     grids = {"t2w": t2_grid, "adc": dwi_grid, "hbv": dwi_grid}
     in_mask = [drawn[id(f)] for f in findings]
+    pirads, marks = read_study(phantom, profile.name, reader_rng)
     return SynthStudy(profile.name, patient_id, study_id, images, gland_img, lesion_img, findings,
-                      clinical, grids, in_mask)  # fmt: skip
+                      clinical, grids, in_mask, list(phantom.lesions), pirads, marks,
+                      [drawn[id(les)] for les in phantom.lesions])  # fmt: skip
 
 
 def _dwi(profile, rng, phantom, grid: Grid, distortion, bias_params):

@@ -30,9 +30,12 @@ from fedprostate.data.synth.writers import (
     FINDINGS_COLUMNS,
     MARKSHEET_COLUMNS,
     PROSTATEX_COLUMNS,
+    READER_COLUMNS,
+    READER_FINDINGS,
     finding_rows,
     marksheet_row,
     prostatex_rows,
+    reader_rows,
     write_csv,
     write_picai_images,
     write_picai_labels,
@@ -68,7 +71,8 @@ class SynthReport:
     sites: list[SiteProfile]
     n_studies: int = 0
     n_unlabeled: int = 0
-    n_findings: int = 0
+    n_findings: int = 0  # the radiologists' marks (what the sites have)
+    n_lesions: int = 0  # every lesion and false alarm of the ground truth
     seconds: float = 0.0
     bytes_written: int = 0
     per_site: dict[str, dict] = field(default_factory=dict)
@@ -118,6 +122,7 @@ def _run_task(args: tuple[_Task, str, int, str]) -> dict:
         "marksheet": marksheet_row(study),
         "case_level_only": task.case_level_only and layout == "picai",
         "findings": finding_rows(study, task.case_level_only and layout == "picai"),
+        "marks": reader_rows(study),
     }
 
 
@@ -184,6 +189,7 @@ def synthesize(
                 progress(len(results), len(args))
     labelled = [r for r in results if not r["unlabeled"]]
     findings = [f for r in labelled for f in r["findings"]]
+    marks = [m for r in labelled for m in r["marks"]]
     write_sites_csv(root / "truth" / "sites.csv", profiles)
     write_csv(root / FINDINGS, FINDINGS_COLUMNS, findings)
     studies = [{"site": r["marksheet"]["center"], "patient_id": r["marksheet"]["patient_id"],
@@ -192,12 +198,11 @@ def synthesize(
     write_csv(root / STUDIES, list(studies[0]) if studies else [], studies)
     if layout == "picai":
         write_csv(root / MARKSHEET, MARKSHEET_COLUMNS, [r["marksheet"] for r in labelled])
+        write_csv(root / READER_FINDINGS, READER_COLUMNS, marks)
     else:
-        write_csv(
-            root / "ProstateX-Findings-Train.csv", PROSTATEX_COLUMNS, prostatex_rows(findings)
-        )
+        write_csv(root / "ProstateX-Findings-Train.csv", PROSTATEX_COLUMNS, prostatex_rows(marks))
     report = SynthReport(root, layout, profiles, len(labelled), len(results) - len(labelled),
-                         len(findings))  # fmt: skip
+                         len(marks), len(findings))  # fmt: skip
     report.seconds = time.perf_counter() - start
     report.bytes_written = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     for prof in profiles:
@@ -205,6 +210,9 @@ def synthesize(
         report.per_site[prof.name] = {
             "patients": len(rows),
             "positives": sum(r["case_csPCa"] == "YES" for r in rows),
-            "findings": sum(f["site"] == prof.name for f in findings),
+            "findings": sum(f["site"] == prof.name for f in findings if f["mark_id"]),
+            "csPCa marked": sum(
+                f["site"] == prof.name and bool(f["mark_id"]) and f["clinsig"] for f in findings
+            ),
         }
     return report

@@ -79,12 +79,30 @@ def detect_layout(root: Path) -> str:
     return "prostatex" if (Path(root) / "ProstateX-Findings-Train.csv").is_file() else "picai"
 
 
-def adc_rule_scores(root: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(mean ADC inside each biopsied finding, clinsig label, site) read from the written files."""
+ROI_RADIUS_MM = 3.0  # the ROI a reader draws in a marked finding (what the pipeline's rule uses)
+
+
+def marked(findings: list[dict]) -> list[dict]:
+    """Truth rows the radiologist marked: the findings a site has (the clinical question)."""
+    return [f for f in findings if f.get("mark_id")]
+
+
+def adc_rule_scores(
+    root: str | Path, which: str = "marked"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(mean ADC in a 3 mm ROI at each finding, clinsig label, site), read from the files.
+
+    ``which``: ``marked`` (the radiologist's findings, the default) or ``biopsied`` (every lesion
+    pathology knows, marked or not, in its own radius).
+    """
     root = Path(root)
     layout = detect_layout(root)
     units = {r["site"]: r["adc_units"] for r in read_csv(root / "truth" / "sites.csv")}
     findings = read_csv(root / FINDINGS)
+    if which == "marked":
+        findings = [{**f, "radius_mm": ROI_RADIUS_MM} for f in marked(findings)]
+    else:
+        findings = [f for f in findings if f["biopsied"] == "1" and f["kind"] != "normal"]
     cache: dict[str, tuple[sitk.Image, np.ndarray]] = {}
     scores, labels, sites = [], [], []
     for f in findings:
@@ -109,6 +127,30 @@ def rule_auroc(scores: np.ndarray, labels: np.ndarray, shuffles: int = 200, seed
     shuffled = [roc_auc_score(rng.permutation(labels), -scores) for _ in range(shuffles)]
     return {"auroc": float(roc_auc_score(labels, -scores)), "shuffled": float(np.mean(shuffled)),
             "n": int(len(labels)), "n_pos": int(labels.sum())}  # fmt: skip
+
+
+def reader_performance(findings: list[dict]) -> dict:
+    """The synthetic radiologist against the truth: sensitivity of PI-RADS >= 3 for csPCa
+    lesions, csPCa share per PI-RADS score among marks, and PI-RADS AUROC on the marks."""
+    from sklearn.metrics import roc_auc_score
+
+    lesions = [f for f in findings if f["kind"] != "normal"]
+    cancers = [f for f in lesions if f["clinsig"] == "1"]
+    marks = marked(findings)
+    share = {}
+    for score in (3, 4, 5):
+        at = [f for f in marks if int(f["pirads"]) == score]
+        share[score] = {"n": len(at), "cspca": sum(f["clinsig"] == "1" for f in at)}
+    labels = [int(f["clinsig"]) for f in marks]
+    auroc = (roc_auc_score(labels, [int(f["pirads"]) for f in marks])
+             if len(set(labels)) == 2 else float("nan"))  # fmt: skip
+    return {
+        "sensitivity": sum(bool(f["mark_id"]) for f in cancers) / max(len(cancers), 1),
+        "n_cancers": len(cancers),
+        "n_marks": len(marks),
+        "csPCa_share": share,
+        "pirads_auroc": float(auroc),
+    }
 
 
 def _site_samples(root: Path, layout: str, rows: list[dict], per_site: int) -> dict[str, dict]:
@@ -152,12 +194,17 @@ def summarize_raw(root: str | Path, plot_path: str | Path | None = None, per_sit
             "site": s["site"], "vendor": s["vendor"], "field_T": float(s["field_T"]),
             "b_value": int(s["b_value"]), "patients": len(mine),
             "prevalence": (sum(r["positive"] for r in mine) / len(mine)) if mine else float("nan"),
-            "findings": len(fs), "clinsig": sum(f["clinsig"] == "1" for f in fs),
+            "findings": len(marked(fs)), "clinsig": sum(f["clinsig"] == "1" for f in marked(fs)),
             "t2_median": float(np.median(smp["t2w"])) if len(smp.get("t2w", [])) else float("nan"),
             "adc_median": float(np.median(smp["adc"])) if len(smp.get("adc", [])) else float("nan"),
         })  # fmt: skip
     scores, labels, _ = adc_rule_scores(root)
-    result = {"layout": layout, "sites": table, "adc_rule": rule_auroc(scores, labels)}
+    result = {
+        "layout": layout,
+        "sites": table,
+        "adc_rule": rule_auroc(scores, labels),
+        "reader": reader_performance(findings),
+    }
     if plot_path is not None:
         plot_summary(Path(plot_path), table, samples)
         result["plot"] = str(plot_path)

@@ -21,10 +21,12 @@ MARKSHEET_COLUMNS = [
 ]  # fmt: skip
 FINDINGS_COLUMNS = [
     "site", "patient_id", "study_id", "finding_id", "x", "y", "z", "zone", "isup", "clinsig",
-    "kind", "radius_mm", "in_mask",
+    "kind", "radius_mm", "in_mask", "biopsied", "pirads", "mark_id",
 ]  # fmt: skip
-PROSTATEX_COLUMNS = ["ProxID", "fid", "pos", "zone", "ClinSig"]
+READER_COLUMNS = ["patient_id", "study_id", "finding_id", "x", "y", "z", "zone", "pirads", "isup"]
+PROSTATEX_COLUMNS = ["ProxID", "fid", "pos", "zone", "ClinSig", "pirads"]
 FINDINGS = Path("truth/findings.csv")
+READER_FINDINGS = Path("radiology/findings.csv")  # the PI-CAI layout's radiology marks
 _UID_ROOT = "1.2.826.0.1.3680043.8.498"  # a public example root for generated UIDs
 
 
@@ -114,17 +116,47 @@ def write_picai_unlabeled(root: Path, study: SynthStudy) -> None:
 
 
 def finding_rows(study: SynthStudy, case_level_only: bool) -> list[dict]:
+    """``truth/findings.csv``: every lesion (biopsied or not) and every false-alarm mark, with the
+    reader's PI-RADS and whether it was marked (``mark_id``). Ground truth: no reader reads it."""
     rows = []
-    for fid, (les, in_mask) in enumerate(zip(study.findings, study.in_mask, strict=True), start=1):
-        x, y, z = (round(float(c), 2) for c in les.center)
+    mark_of = {id(m.lesion): f"M{k}" for k, m in enumerate(study.marks, start=1) if m.lesion}
+    biopsied = {id(f) for f in study.findings}
+    lesions = zip(study.lesions, study.lesion_pirads, study.lesion_in_mask, strict=True)
+    for fid, (les, pirads, in_mask) in enumerate(lesions, start=1):
+        mark = mark_of.get(id(les), "")
         rows.append(
-            {
-                "site": study.site, "patient_id": study.patient_id, "study_id": study.study_id,
-                "finding_id": fid, "x": x, "y": y, "z": z, "zone": les.zone, "isup": les.isup,
-                "clinsig": int(les.isup >= 2), "kind": les.kind,
-                "radius_mm": round(les.radius_mm, 2),
-                "in_mask": int(in_mask and not case_level_only),
-            }
+            _truth_row(study, f"L{fid}", les.center, les.zone, les.isup, les.kind,
+                       les.radius_mm, in_mask and not case_level_only,
+                       id(les) in biopsied or bool(mark), pirads, mark)
+        )  # fmt: skip
+    for k, m in enumerate(study.marks, start=1):
+        if m.lesion is None:  # a false alarm on normal tissue, biopsied benign
+            rows.append(_truth_row(study, f"N{k}", m.center, m.zone, 0, "normal", 0.0, False,
+                                   True, m.pirads, f"M{k}"))  # fmt: skip
+    return rows
+
+
+def _truth_row(study, fid, center, zone, isup, kind, radius, in_mask, biopsied, pirads, mark):
+    x, y, z = (round(float(c), 2) for c in center)
+    return {
+        "site": study.site, "patient_id": study.patient_id, "study_id": study.study_id,
+        "finding_id": fid, "x": x, "y": y, "z": z, "zone": zone, "isup": isup,
+        "clinsig": int(isup >= 2), "kind": kind, "radius_mm": round(float(radius), 2),
+        "in_mask": int(in_mask), "biopsied": int(biopsied), "pirads": pirads, "mark_id": mark,
+    }  # fmt: skip
+
+
+def reader_rows(study: SynthStudy) -> list[dict]:
+    """The site's radiology marks with their targeted-biopsy outcome (``radiology/findings.csv``).
+
+    What a hospital has: location (LPS mm), zone and PI-RADS from the report, ISUP from the
+    biopsy of that mark. Missed lesions are absent; false alarms are present (benign)."""
+    rows = []
+    for k, m in enumerate(study.marks, start=1):
+        x, y, z = (round(float(c), 2) for c in m.center)
+        rows.append(
+            {"patient_id": study.patient_id, "study_id": study.study_id, "finding_id": f"M{k}",
+             "x": x, "y": y, "z": z, "zone": m.zone, "pirads": m.pirads, "isup": m.isup}
         )  # fmt: skip
     return rows
 
@@ -142,10 +174,12 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def prostatex_rows(findings: list[dict]) -> list[dict]:
-    """ProstateX-Findings-Train.csv rows from truth rows whose patient_id is the ProxID."""
+def prostatex_rows(marks: list[dict]) -> list[dict]:
+    """ProstateX-Findings-Train.csv rows from reader rows whose patient_id is the ProxID: the
+    radiologist's marks with their biopsy outcome (ClinSig), as in ProstateX."""
     return [
         {"ProxID": f["patient_id"], "fid": f["finding_id"], "pos": f"{f['x']} {f['y']} {f['z']}",
-         "zone": f["zone"], "ClinSig": "TRUE" if f["clinsig"] else "FALSE"}
-        for f in findings
+         "zone": f["zone"], "ClinSig": "TRUE" if int(f["isup"]) >= 2 else "FALSE",
+         "pirads": f["pirads"]}
+        for f in marks
     ]  # fmt: skip
