@@ -55,6 +55,7 @@ def test_the_reader_sees_tissue_and_shape_never_the_kind_or_grade():
     phantom = make_phantom(rng, 65.0, "EU")
     lesion = draw_lesion(rng, phantom, "cspca", 3, "PZ")
     disguised = dataclasses.replace(lesion, kind="bph_nodule", isup=0)
+    assert reader.visible_features(lesion, phantom) == reader.visible_features(disguised, phantom)
     phantom.lesions = [lesion]
     a = reader.read_study(phantom, "siteA", np.random.default_rng(1))[0]
     phantom.lesions = [disguised]
