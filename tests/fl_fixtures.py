@@ -43,11 +43,15 @@ def write_tiny_cache(
                         "label": label,
                         "isup": 3 if label else 0,
                         "zone": "PZ",
-                        "source": "biopsied" if f == 0 else "sampled",
+                        "source": "reader" if f == 0 else "sampled",
                         "slice": -1,
                         "adc_mean": float(1400 - 600 * strength),
                         "psad": 0.1,
                         "case_label": label,
+                        # the radiologist's score: informative, noisy (sampled tissue has none)
+                        "pirads": int(np.clip(3 + label + rng.integers(-1, 2), 1, 5))
+                        if f == 0
+                        else None,
                     }
                 )
                 site_crops.append(x.astype(np.float32))

@@ -168,7 +168,30 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
     return path
 
 
-def write_picai(root: Path, phantoms: list[Phantom], marksheet_at_root: bool = False) -> Path:
+READER_COLUMNS = ["patient_id", "study_id", "finding_id", "x", "y", "z", "zone", "pirads", "isup"]
+
+
+def reader_rows(p: Phantom) -> list[dict]:
+    """The radiologist's marks of a phantom: every lesion (PI-RADS 5 for csPCa, 3 otherwise)
+    and every benign finding (PI-RADS 3, biopsy benign), as ``radiology/findings.csv`` rows."""
+    rows = []
+    for k, (world, _, isup) in enumerate(p.lesions, start=1):
+        rows.append({"finding_id": f"M{k}", "world": world, "pirads": 5 if isup >= 2 else 3,
+                     "isup": isup})  # fmt: skip
+    for k, (world, _) in enumerate(p.benign, start=len(rows) + 1):
+        rows.append({"finding_id": f"M{k}", "world": world, "pirads": 3, "isup": 0})
+    return [
+        {"patient_id": p.patient_id, "study_id": p.study_id, "finding_id": r["finding_id"],
+         "x": f"{r['world'][0]:.2f}", "y": f"{r['world'][1]:.2f}", "z": f"{r['world'][2]:.2f}",
+         "zone": "PZ", "pirads": r["pirads"], "isup": r["isup"]}
+        for r in rows
+    ]  # fmt: skip
+
+
+def write_picai(
+    root: Path, phantoms: list[Phantom], marksheet_at_root: bool = False, reader_table: bool = True
+) -> Path:
+    """PI-CAI layout; ``reader_table`` also writes ``radiology/findings.csv`` (the marks)."""
     labels = root / "labels"
     for p in phantoms:
         key = f"{p.patient_id}_{p.study_id}"
@@ -188,24 +211,31 @@ def write_picai(root: Path, phantoms: list[Phantom], marksheet_at_root: bool = F
         else labels / "clinical_information" / "marksheet.csv"
     )
     write_csv(sheet, [marksheet_row(p) for p in phantoms], MARKSHEET_COLUMNS)
+    if reader_table:
+        marks = [row for p in phantoms for row in reader_rows(p)]
+        write_csv(root / "radiology" / "findings.csv", marks, READER_COLUMNS)
     return root
 
 
 def picai_phantoms(n: int = 6, site_names=("siteA", "siteB"), seed: int = 0) -> list[Phantom]:
-    """``n`` small studies alternating sites, every other one with one csPCa lesion."""
+    """``n`` small studies alternating sites: every other one with one csPCa lesion, the others
+    with one benign finding the radiologist marks (normal tissue)."""
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n):
-        lesions = []
+        lesions, benign = [], []
+        offset = rng.uniform(-6, 6, 3) * np.array([1, 1, 0.5])
         if k % 2 == 0:
-            offset = rng.uniform(-6, 6, 3) * np.array([1, 1, 0.5])
             lesions = [(tuple(CENTRE + offset), 4.0, int(2 + k % 4))]
+        else:
+            benign = [(tuple(CENTRE + offset), "benign")]
         out.append(
             Phantom(
                 str(10000 + k),
                 str(1000000 + k),
                 site_names[k % len(site_names)],
                 lesions=lesions,
+                benign=benign,
                 seed=k,
                 adc_units="1e-3" if k % 3 == 0 else "1e-6",
             )

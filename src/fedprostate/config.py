@@ -38,6 +38,12 @@ PARTITIONS = ("natural", "iid", "dirichlet", "loso")
 STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox")
 THRESHOLD_RULES = ("youden", "sens90")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
+# Where a finding comes from (data/study.py explains each). Headline metrics count what a reader
+# marked or the label-free rule proposed (organ slices in organ mode); "sampled" normal tissue is
+# an optional extra training negative, reported apart and never selected on.
+FINDING_SOURCES = ("reader", "proposal", "sampled", "organ")
+HEADLINE_SOURCES = ("reader", "proposal")
+APART_SOURCES = ("sampled",)
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp")
 ADAPTER_KEYS = ("adapter_dim", "adapter_blocks")
 

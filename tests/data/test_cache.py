@@ -41,11 +41,16 @@ def test_layout_meta_index_and_site_tensors(cache):
     meta = load_meta(cache_dir)
     assert meta["mode"] == "lesion" and meta["crop"] == 16 and meta["n_slices"] == 3
     assert meta["channels"] == ["t2w", "adc", "hbv"] and meta["sites"] == ["siteA", "siteB"]
-    assert meta["version"] == 1 and meta["format"] == "picai"
+    assert meta["version"] == 2 and meta["format"] == "picai"
     header = (cache_dir / "index.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert tuple(header) == INDEX_COLUMNS
     rows = load_index(cache_dir)
-    assert len(rows) == report.crops == 10 * 2 + 5  # 2 sampled negatives each + 5 lesions
+    # one reader mark per study (5 csPCa lesions, 5 benign) + 2 sampled negatives each
+    assert len(rows) == report.crops == 10 + 10 * 2
+    assert {r["source"] for r in rows} == {"reader", "sampled"}
+    assert sum(r["label"] for r in rows) == 5 and all(
+        r["source"] == "reader" for r in rows if r["label"]
+    )
     for site in meta["sites"]:
         crops = load_file(str(site_file(cache_dir, site)))["crops"]
         assert crops.dtype == np.float16 and crops.shape[1:] == (9, 16, 16)
@@ -54,7 +59,7 @@ def test_layout_meta_index_and_site_tensors(cache):
     assert (
         (cache_dir / "rejected.csv")
         .read_text(encoding="utf-8")
-        .startswith("path,patient_id,study_id,reason")
+        .startswith("path,patient_id,study_id,finding_id,reason")
     )
 
 

@@ -83,7 +83,7 @@ def test_organ_mode_one_crop_per_gland_slice_labelled_with_case():
         "p",
         "s",
         p.images(),
-        findings=[Finding("L1", tuple(CENTRE), isup=4, clinsig=True, source="mask")],
+        findings=[Finding("L1", tuple(CENTRE), isup=4, clinsig=True, source="reader")],
         gland_mask=p.gland_mask(),
         case_label=1,
     )
@@ -114,7 +114,7 @@ def test_organ_stack_equals_per_slice_planes():
 def test_study_crops_lesion_mode_one_per_finding():
     p = Phantom("p", "s")
     findings = [
-        Finding("F1", tuple(CENTRE), source="biopsied"),
+        Finding("F1", tuple(CENTRE), source="reader"),
         Finding("F2", tuple(CENTRE + 3), isup=3, clinsig=True),
     ]
     study = Study("a", "p", "s", p.images(), findings=findings, case_label=1)

@@ -85,7 +85,7 @@ def test_pos_maps_to_the_marked_voxel_and_crop_centre(tmp_path):
     assert t2.TransformPhysicalPointToIndex(tuple(pos)) == MARKER_VOXEL
     finding = study.findings[0]
     np.testing.assert_allclose(finding.world_mm, pos, atol=1e-3)
-    assert finding.clinsig and finding.source == "biopsied"
+    assert finding.clinsig and finding.source == "reader"
     crop = crop_at(
         study, fit_normalization(study), finding.world_mm, CropSpec(crop=32, spacing=0.5)
     )
@@ -94,7 +94,7 @@ def test_pos_maps_to_the_marked_voxel_and_crop_centre(tmp_path):
         assert np.abs(centroid - 16).max() <= 1.0, (channel, centroid)
     # a biopsied benign finding is a real negative
     benign = study.findings[1]
-    assert benign.source == "biopsied" and not benign.clinsig and benign.zone == "TZ"
+    assert benign.source == "reader" and not benign.clinsig and benign.zone == "TZ"
 
 
 def test_prepare_prostatex_keeps_benign_biopsies_as_negatives(tmp_path):
@@ -113,6 +113,6 @@ def test_prepare_prostatex_keeps_benign_biopsies_as_negatives(tmp_path):
     report = prepare(root, tmp_path / "cache", crop=16, spacing=1.0, progress=False)
     assert report.rejected == 0 and report.kept == 3
     rows = load_index(tmp_path / "cache")
-    assert {r["source"] for r in rows} == {"biopsied"}
+    assert {r["source"] for r in rows} == {"reader"}
     assert sum(r["label"] for r in rows) == 2 and len(rows) == 5
     assert {r["site"] for r in rows} == {"SiteX"}

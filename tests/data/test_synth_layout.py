@@ -49,9 +49,20 @@ def test_picai_files_and_marksheet(picai):
         assert len(isups) == len(r["lesion_GS"].split(",")) if isups else r["lesion_GS"] == ""
         assert r["case_csPCa"] == ("YES" if max(isups, default=0) >= 2 else "NO")
     findings = _rows(out / "truth/findings.csv")
-    assert all(0 <= int(f["isup"]) <= 5 and f["zone"] in ("PZ", "TZ", "AS") for f in findings)
-    # Diameters 4-25 mm, each semi-axis jittered by +-20 %.
-    assert all(4 * 0.8 <= 2 * float(f["radius_mm"]) <= 25 * 1.2 for f in findings)
+    lesions = [f for f in findings if f["kind"] != "normal"]
+    assert all(0 <= int(f["isup"]) <= 5 and f["zone"] in ("PZ", "TZ", "AS") for f in lesions)
+    # Diameters 4-25 mm, each semi-axis jittered by +-20 % (prostatitis: band-like, x1.5).
+    assert all(4 * 0.8 <= 2 * float(f["radius_mm"]) <= 25 * 1.2 * 1.5 for f in lesions)
+    # The site's radiology table: exactly the marked truth rows, with PI-RADS >= 3 and the
+    # biopsy outcome; the table never holds a lesion nobody marked.
+    marks = _rows(out / "radiology/findings.csv")
+    marked = {(f["patient_id"], f["mark_id"]): f for f in findings if f["mark_id"]}
+    assert marks and len(marks) == len(marked)
+    for m in marks:
+        truth = marked[(m["patient_id"], m["finding_id"])]
+        assert int(m["pirads"]) >= 3 and m["isup"] == truth["isup"]
+        assert [m[c] for c in "xyz"] == [truth[c] for c in "xyz"]
+    assert any(not f["mark_id"] and f["clinsig"] == "1" for f in findings) or len(findings) < 30
     # Unlabeled pool: images only, ids disjoint from every site.
     unl = sorted((out / "unlabeled/images").iterdir())
     assert len(unl) == 2
@@ -166,7 +177,8 @@ def test_prostatex_dicom_geometry_roundtrip(tmp_path):
 def test_prostatex_layout_findings_inside_volume(tmp_path):
     out = synthesize(tmp_path, sites=2, patients=6, seed=1, preset="small", layout="prostatex").out
     rows = _rows(out / "ProstateX-Findings-Train.csv")
-    assert rows and list(rows[0]) == ["ProxID", "fid", "pos", "zone", "ClinSig"]
+    assert rows and list(rows[0]) == ["ProxID", "fid", "pos", "zone", "ClinSig", "pirads"]
+    assert all(int(r["pirads"]) >= 3 for r in rows)  # the radiologist's marks
     reader = sitk.ImageSeriesReader()
     for r in rows:
         assert r["ProxID"].startswith("ProstateX-") and r["ClinSig"] in ("TRUE", "FALSE")

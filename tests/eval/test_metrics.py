@@ -36,7 +36,7 @@ def _rows(labels, scores, patients=None, sites=None, sources=None):
     n = len(labels)
     patients = patients if patients is not None else range(n)
     sites = sites if sites is not None else ["A"] * n
-    sources = sources if sources is not None else ["biopsied"] * n
+    sources = sources if sources is not None else ["reader"] * n
     return [
         {
             "site": st,
@@ -154,18 +154,36 @@ def test_patient_aggregation_takes_max_and_case_label():
     assert agg["p2"]["label"] == 1 and agg["p1"]["label"] == 0
 
 
-def test_biopsied_and_sampled_negatives_reported_apart():
-    # Positives 0.6..0.9; biopsied negatives overlap them, sampled negatives are all below.
+def test_sampled_tissue_never_enters_the_headline_and_is_reported_apart():
+    # Positives 0.6..0.9; the reader's benign marks overlap them, sampled tissue is all below.
     labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
     scores = [0.6, 0.7, 0.8, 0.9, 0.65, 0.85, 0.5, 0.1, 0.2, 0.3]
-    sources = ["biopsied"] * 4 + ["biopsied"] * 3 + ["sampled"] * 3
+    sources = ["reader"] * 4 + ["reader"] * 3 + ["sampled"] * 3
     res = evaluate_predictions(_rows(labels, scores, sources=sources), n_boot=200)
+    clinical = roc_auc_score([1] * 4 + [0] * 3, scores[:7])
+    assert res["lesion"]["auroc"]["estimate"] == pytest.approx(clinical)  # sampled left out
+    assert res["n_findings"] == 7 and res["n_neg"] == 3
     neg = res["negatives"]
-    assert neg["sampled"]["auroc"]["estimate"] == pytest.approx(1.0)
-    assert neg["biopsied"]["auroc"]["estimate"] == pytest.approx(
-        roc_auc_score([1] * 4 + [0] * 3, scores[:7])
+    assert neg["sampled normal tissue"]["auroc"]["estimate"] == pytest.approx(1.0)
+    assert neg["marked/proposed negatives"]["auroc"]["estimate"] == pytest.approx(clinical)
+    assert (
+        neg["marked/proposed negatives"]["n_neg"] == 3
+        and neg["sampled normal tissue"]["n_neg"] == 3
     )
-    assert neg["biopsied"]["n_neg"] == 3 and neg["sampled"]["n_neg"] == 3
+
+
+def test_patients_without_findings_count_as_negative_by_reading():
+    # two patients with findings, two the radiologist marked nothing on (one is a missed cancer)
+    rows = _rows([1, 0], [0.9, 0.2], patients=["a", "b"])
+    patients = [{"site": "A", "patient_id": pid, "case_label": c}
+                for pid, c in (("a", 1), ("b", 0), ("c", 0), ("d", 1))]  # fmt: skip
+    res = evaluate_predictions(rows, n_boot=100, patients=patients)
+    assert res["patient"]["n"] == 4 and res["patient"]["n_pos"] == 2
+    # a (0.9, pos), b (0.2, neg), c and d below every finding (c neg, d a missed positive)
+    assert res["patient"]["auroc"]["estimate"] == pytest.approx(roc_auc_score(
+        [1, 0, 0, 1], [0.9, 0.2, -0.8, -0.8]))  # fmt: skip
+    without = evaluate_predictions(rows, n_boot=100)
+    assert without["patient"]["n"] == 2
 
 
 def test_per_site_metrics_and_worst_site():
@@ -223,7 +241,7 @@ def test_evaluate_predictions_rejects_bad_rows():
 def _index_row(pid, fid, label, adc, psad, split="test", case=None, site="S1"):
     return {
         "row": 0, "site": site, "patient_id": pid, "study_id": "s" + pid, "finding_id": fid,
-        "split": split, "label": label, "isup": 2 * label, "zone": "PZ", "source": "biopsied",
+        "split": split, "label": label, "isup": 2 * label, "zone": "PZ", "source": "reader",
         "slice": -1, "adc_mean": adc, "psad": psad, "case_label": label if case is None else case,
     }  # fmt: skip
 

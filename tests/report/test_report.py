@@ -29,8 +29,9 @@ def run_dir(tmp_path_factory):
 
 
 def _test_predictions(run_dir):
+    """Labels and scores of the findings a reader marked (sampled tissue is never headline)."""
     with (run_dir / "predictions_test_best.csv").open(encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        rows = [r for r in csv.DictReader(fh) if r["source"] == "reader"]
     return np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows])
 
 
@@ -41,17 +42,19 @@ def test_run_report_is_computed_from_the_predictions(run_dir):
     auroc = evaluation["model"]["lesion"]["auroc"]
     assert auroc["estimate"] == pytest.approx(roc_auc_score(labels, scores))
     assert auroc["low"] <= auroc["estimate"] <= auroc["high"]
-    # both baselines scored on the same findings / patients, with the model's gain over them
-    assert set(evaluation["baselines"]) == {"mean-ADC rule", "PSA density"}
-    adc = evaluation["baselines"]["mean-ADC rule"]
-    assert adc["n_findings"] == len(labels)
+    # the radiologist, the ADC rule (same findings) and PSA density (same patients), with the
+    # model's gain over each
+    assert set(evaluation["baselines"]) == {"PI-RADS (radiologist)", "mean-ADC rule", "PSA density"}
+    for name in ("PI-RADS (radiologist)", "mean-ADC rule"):
+        assert evaluation["baselines"][name]["n_findings"] == len(labels)
     assert set(evaluation["added_value"]) == {
+        "PI-RADS (radiologist) (lesion level)",
         "mean-ADC rule (lesion level)",
         "PSA density (patient level)",
     }
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     assert fmt_ci(auroc) in md  # the table shows the computed value with its CI
-    assert "mean-ADC rule" in md and "PSA density" in md
+    assert "mean-ADC rule" in md and "PSA density" in md and "PI-RADS" in md
     assert page.name == "report.html"
 
 

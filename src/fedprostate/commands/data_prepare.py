@@ -48,7 +48,17 @@ def data_prepare(
         "human_expert/original or AI/Bosma22a.",
     ),
     negatives: int = typer.Option(
-        2, "--negatives", help="Sampled negatives per study (PI-CAI, Prostate158)."
+        2,
+        "--negatives",
+        help="Sampled normal-tissue locations per study (extra training negatives, flagged "
+        "'sampled', never in a headline metric; PI-CAI, Prostate158).",
+    ),
+    findings: str = typer.Option(
+        "auto",
+        "--findings",
+        help="Lesion-mode findings of layouts without their own table: a radiology findings "
+        "CSV (patient_id, study_id, x, y, z [, pirads, isup|label]), 'proposals' (label-free "
+        "candidates) or 'auto' (radiology/findings.csv if present, else proposals).",
     ),
 ) -> None:
     """Read raw studies, crop them and write the per-site crop cache."""
@@ -71,6 +81,7 @@ def data_prepare(
             labels=labels,
             negatives=negatives,
             console=console,
+            findings=findings,
         )
     except StudyError as exc:
         console.print(
@@ -91,3 +102,8 @@ def data_prepare(
         highlight=False,
     )
     console.print(f"crops per site: {sites}", highlight=False)
+    sources = ", ".join(f"{k}: {n}" for k, n in sorted(report.by_source.items()))
+    console.print(
+        f"findings by source: {sources}; {report.findings_rejected} findings rejected",
+        highlight=False,
+    )

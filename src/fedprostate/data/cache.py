@@ -32,11 +32,16 @@ INDEX_COLUMNS = (
     "adc_mean",
     "psad",
     "case_label",
+    "pirads",
 )
-REJECTED_COLUMNS = ("path", "patient_id", "study_id", "reason")
-_INT = ("row", "label", "isup", "slice", "case_label")
+# every kept study, with or without findings: a patient the radiologist marked nothing on is a
+# patient (negative by reading) that patient-level metrics must count
+PATIENT_COLUMNS = ("site", "patient_id", "study_id", "split", "case_label", "psad", "n_findings")
+REJECTED_COLUMNS = ("path", "patient_id", "study_id", "finding_id", "reason")
+_INT = ("row", "label", "isup", "slice", "case_label", "n_findings")
+_OPTIONAL_INT = ("pirads",)
 _FLOAT = ("adc_mean", "psad")
-VERSION = 1
+VERSION = 2
 
 
 def site_file(cache_dir: str | Path, site: str) -> Path:
@@ -52,9 +57,14 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_cache(
-    cache_dir: str | Path, meta: dict, rows: list[dict], crops: dict[str, np.ndarray]
+    cache_dir: str | Path,
+    meta: dict,
+    rows: list[dict],
+    crops: dict[str, np.ndarray],
+    patients: list[dict] | None = None,
 ) -> None:
-    """Write site tensors, index and meta (each atomically). ``crops``: site -> [N,C,H,W]."""
+    """Write site tensors, index, patients and meta (each atomically). ``crops``: site ->
+    [N,C,H,W]; ``patients`` default: one row per study of ``rows``."""
     cache_dir = Path(cache_dir)
     for site, array in crops.items():
         data = {"crops": np.ascontiguousarray(array, dtype=np.float16)}
@@ -68,6 +78,17 @@ def write_cache(
                 writer.writerow({k: _fmt(r.get(k)) for k in INDEX_COLUMNS})
 
     _atomic(cache_dir / "index.csv", write_index)
+    if patients is None:
+        patients = patients_of(rows)
+
+    def write_patients(path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=PATIENT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for r in patients:
+                writer.writerow({k: _fmt(r.get(k)) for k in PATIENT_COLUMNS})
+
+    _atomic(cache_dir / "patients.csv", write_patients)
     full = {**meta, "version": VERSION}
     _atomic(
         cache_dir / "meta.json",
@@ -83,6 +104,16 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def patients_of(rows: list[dict]) -> list[dict]:
+    """One patient row per study of index rows (for caches written without a patients list)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["site"], r["patient_id"], r["study_id"])
+        entry = out.setdefault(key, {k: r.get(k) for k in PATIENT_COLUMNS} | {"n_findings": 0})
+        entry["n_findings"] += r.get("source") in ("reader", "proposal")
+    return list(out.values())
+
+
 class RejectedLog:
     """``rejected.csv``, started fresh per run and appended (flushed) as studies are rejected."""
 
@@ -92,9 +123,11 @@ class RejectedLog:
         with open(self.path, "w", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerow(REJECTED_COLUMNS)
 
-    def add(self, path: str, patient_id: str, study_id: str, reason: str) -> None:
+    def add(
+        self, path: str, patient_id: str, study_id: str, reason: str, finding_id: str = ""
+    ) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerow([path, patient_id, study_id, reason])
+            csv.writer(fh).writerow([path, patient_id, study_id, finding_id, reason])
 
 
 def load_meta(cache_dir: str | Path) -> dict:
@@ -105,12 +138,29 @@ def load_index(cache_dir: str | Path) -> list[dict]:
     """Index rows with typed values (int / float; empty psad or adc_mean -> None)."""
     with open(Path(cache_dir) / "index.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k in _INT:
+    return [_typed(r) for r in rows]
+
+
+def _typed(r: dict) -> dict:
+    for k in _INT:
+        if k in r:
             r[k] = int(r[k])
-        for k in _FLOAT:
+    for k in _OPTIONAL_INT:
+        if k in r:
+            r[k] = int(r[k]) if r[k] not in ("", None) else None
+    for k in _FLOAT:
+        if k in r:
             r[k] = float(r[k]) if r[k] not in ("", None) else None
-    return rows
+    return r
+
+
+def load_patients(cache_dir: str | Path) -> list[dict]:
+    """Every kept study (``patients.csv``; derived from the index for older caches)."""
+    path = Path(cache_dir) / "patients.csv"
+    if not path.exists():
+        return patients_of(load_index(cache_dir))
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [_typed(r) for r in csv.DictReader(fh)]
 
 
 def load_rejected(cache_dir: str | Path) -> list[dict]:

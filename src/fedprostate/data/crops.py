@@ -3,7 +3,7 @@
 A crop is a plane in the T2 orientation (``preprocess.frame``) sampled from each sequence's own
 grid, so a world point lands on the same pixel in every channel whatever the grids were.
 
-* Lesion mode: one crop per finding, ``crop``×``crop`` pixels at ``spacing`` mm, the finding
+* Lesion mode: one crop per finding (a reader's mark, a proposal or a sampled location), ``crop``×``crop`` pixels at ``spacing`` mm, the finding
   exactly at pixel (row ``crop//2``, column ``crop//2``).
 * Organ mode: the whole gland's in-plane bounding box (square, 20 % margin) on every T2 slice
   that contains gland, resampled to ``crop``×``crop``; the label is the case label.
@@ -92,22 +92,11 @@ class Crop:
     source: str
     slice: int
     adc_mean: float
+    pirads: int | None = None  # the radiologist's score of a reader finding
 
 
 def lesion_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]:
-    if study.case_label == 1 and not any(f.clinsig for f in study.findings):
-        raise StudyError(
-            study.patient_id,
-            "excluded from lesion mode: csPCa-positive case with an empty lesion mask "
-            "(case-level label only; kept for organ mode)",
-            study.source_paths.get("lesion", study.source_paths.get("t2w")),
-        )
-    if not study.findings:
-        raise StudyError(
-            study.patient_id,
-            "no findings and no gland to sample negatives from",
-            study.source_paths.get("t2w"),
-        )
+    """One crop per finding; a study without findings (nothing marked) has none."""
     return [_finding_crop(study, norm, spec, f) for f in study.findings]
 
 
@@ -121,6 +110,7 @@ def _finding_crop(study: Study, norm: Normalization, spec: CropSpec, f: Finding)
         source=f.source,
         slice=-1,
         adc_mean=adc_mean(study, norm, f.world_mm, f.radius_mm),
+        pirads=f.pirads,
     )
 
 
@@ -167,6 +157,8 @@ def organ_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]
     planes = {seq: norm.apply(seq, sample(study.images[seq], stack)) for seq in SEQUENCES}
     in_gland = sample(gland, stack, nearest=True) > 0
     isup = max((f.isup for f in study.findings if f.clinsig), default=0)
+    if not isup and study.lesion_mask is not None and study.case_label:
+        isup = int(sitk.GetArrayViewFromImage(study.lesion_mask).max())
     out = []
     for k in slices:
         j = k - slices[0]  # first plane of this crop's window in the stack

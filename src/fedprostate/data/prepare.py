@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fedprostate.config import HEADLINE_SOURCES
 from fedprostate.data.cache import RejectedLog, write_cache
 from fedprostate.data.crops import CropSpec, channel_names, study_crops
 from fedprostate.data.dedup import DuplicateFinder
 from fedprostate.data.formats.base import DataFormatError, StudyRef
+from fedprostate.data.formats.findings_table import FindingError
 from fedprostate.data.formats.registry import list_studies, load_study
 from fedprostate.data.preprocess import describe, fit_normalization
 from fedprostate.data.splits import assign_splits
@@ -35,7 +37,9 @@ class PrepareReport:
     crops: int = 0
     positives: int = 0
     seconds: float = 0.0
+    findings_rejected: int = 0
     per_site: dict[str, int] = field(default_factory=dict)  # site -> crops
+    by_source: dict[str, int] = field(default_factory=dict)  # finding source -> crops
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -54,7 +58,9 @@ def _as_study_error(ref: StudyRef, exc: Exception) -> StudyError:
 
 def _rows_for(study: Study, crops) -> list[dict]:
     psad = study.clinical.get("psad")
-    case = study.case_label if study.case_label is not None else max(c.label for c in crops)
+    case = study.case_label
+    if case is None:
+        case = max((c.label for c in crops), default=0)
     return [
         {
             "site": study.site,
@@ -69,9 +75,26 @@ def _rows_for(study: Study, crops) -> list[dict]:
             "adc_mean": c.adc_mean,
             "psad": psad,
             "case_label": int(case),
+            "pirads": c.pirads,
         }
         for c in crops
     ]
+
+
+def _patient_row(study: Study, crops) -> dict:
+    case = (
+        study.case_label
+        if study.case_label is not None
+        else max((c.label for c in crops), default=0)
+    )
+    return {
+        "site": study.site,
+        "patient_id": study.patient_id,
+        "study_id": study.study_id,
+        "case_label": int(case),
+        "psad": study.clinical.get("psad"),
+        "n_findings": sum(c.source in HEADLINE_SOURCES for c in crops),
+    }
 
 
 def prepare(
@@ -89,15 +112,22 @@ def prepare(
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     progress: bool = True,
     console=None,
+    findings: str = "auto",
 ) -> PrepareReport:
-    """Prepare the crop cache in ``out``; returns counts. Raises DataFormatError / StudyError."""
+    """Prepare the crop cache in ``out``; returns counts. Raises DataFormatError / StudyError.
+
+    ``findings`` (lesion mode, layouts without their own findings table): ``auto`` (the layout's
+    radiology table if present, else proposals), ``proposals``, or a findings-table path."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     console = console or Console(stderr=True)
     spec = CropSpec(mode=mode, crop=crop, spacing=spacing, n_slices=n_slices)
     start = time.perf_counter()
-    fmt, refs, listing_errors = list_studies(src, fmt, labels=labels)
+    wanted = "none" if mode == "organ" else findings
+    fmt, refs, listing_errors = list_studies(src, fmt, labels=labels, findings=wanted)
+    finding_errors = [e for e in listing_errors if isinstance(e, FindingError)]
+    listing_errors = [e for e in listing_errors if not isinstance(e, FindingError)]
     report = PrepareReport(format=fmt, listed=len(refs) + len(listing_errors))
     log = RejectedLog(out)
 
@@ -109,10 +139,21 @@ def prepare(
             raise err
         console.print(f"[yellow]skipped[/yellow] {err}", highlight=False, soft_wrap=True)
 
+    def reject_finding(err: StudyError, study_id: str, finding_id: str) -> None:
+        report.findings_rejected += 1
+        report.reasons.append(str(err))
+        log.add(err.path, err.patient_id, study_id, err.reason, finding_id)
+        if strict:
+            raise err
+        console.print(f"[yellow]finding skipped[/yellow] {err}", highlight=False, soft_wrap=True)
+
     for err in listing_errors:
         reject(err)
+    for err in finding_errors:
+        reject_finding(err, "", err.finding_id)
 
     rows: list[dict] = []
+    patients: list[dict] = []
     arrays: dict[str, list[np.ndarray]] = defaultdict(list)
     duplicates = DuplicateFinder()
     columns = [
@@ -138,10 +179,17 @@ def prepare(
                 reject(_as_study_error(ref, exc), ref.study_id)
                 bar.advance(task)
                 continue
+            for finding_id, reason in study.rejected_findings:
+                path = study.source_paths.get("findings", "")
+                reject_finding(
+                    StudyError(study.patient_id, reason, path), study.study_id, finding_id
+                )
             for row, c in zip(_rows_for(study, crops), crops, strict=True):
                 row["row"] = len(arrays[study.site])
                 arrays[study.site].append(c.array)
                 rows.append(row)
+                report.by_source[c.source] = report.by_source.get(c.source, 0) + 1
+            patients.append(_patient_row(study, crops))
             report.kept += 1
             bar.advance(task)
 
@@ -149,7 +197,7 @@ def prepare(
         raise DataFormatError(
             f"{src}: no usable study ({report.rejected} rejected, see {log.path})"
         )
-    assign_splits(rows, fractions=fractions, seed=seed)
+    assign_splits(patients + rows, fractions=fractions, seed=seed)
     meta = {
         "mode": mode,
         "crop": crop,
@@ -165,14 +213,18 @@ def prepare(
         "negatives_per_study": negatives if mode == "lesion" else 0,
         "fractions": list(fractions),
         "src": str(Path(src).resolve()),
+        "findings": wanted,
         "counts": {
             "listed": report.listed,
             "kept": report.kept,
             "rejected": report.rejected,
+            "findings_rejected": report.findings_rejected,
             "crops": len(rows),
+            "by_source": dict(sorted(report.by_source.items())),
+            "patients_without_findings": sum(p["n_findings"] == 0 for p in patients),
         },
     }
-    write_cache(out, meta, rows, {s: np.stack(a) for s, a in arrays.items()})
+    write_cache(out, meta, rows, {s: np.stack(a) for s, a in arrays.items()}, patients)
     report.crops = len(rows)
     report.positives = sum(r["label"] for r in rows)
     report.per_site = {s: len(a) for s, a in sorted(arrays.items())}

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from fedprostate.config import FINDING_SOURCES
+
 SEQUENCES = ("t2w", "adc", "hbv")  # channel order of every crop: (T2, ADC, high-b DWI)
 ZONES = ("PZ", "TZ", "AS", "SV", "unknown")
-FINDING_SOURCES = ("biopsied", "sampled", "mask")
+# Where a finding comes from (config.FINDING_SOURCES). "reader": a location a radiologist marked
+# (a findings table); "proposal": found by the label-free candidate rule (data/proposals.py);
+# "sampled": random normal gland tissue, an optional extra training negative, never in a headline
+# metric; "organ": a whole-gland slice (organ mode). A ground-truth mask may label a finding,
+# never place one.
 
 
 class StudyError(ValueError):
@@ -29,15 +35,16 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class Finding:
-    """One lesion-level sample: a biopsied finding, a mask component or a sampled negative."""
+    """One lesion-level sample: a reader's mark, a proposal or a sampled normal location."""
 
     finding_id: str
     world_mm: tuple[float, float, float]  # LPS world coordinate of the finding centre
     zone: str = "unknown"
     isup: int = 0  # 0 = no cancer / benign; 1..5 ISUP grade group
     clinsig: bool = False  # csPCa = ISUP >= 2
-    source: str = "biopsied"  # biopsied | sampled | mask
+    source: str = "reader"  # FINDING_SOURCES
     radius_mm: float | None = None  # approximate lesion radius when known
+    pirads: int | None = None  # the radiologist's PI-RADS v2.1 score, when the table gives one
 
     def __post_init__(self) -> None:
         if self.source not in FINDING_SOURCES:
@@ -46,6 +53,8 @@ class Finding:
             )
         if not 0 <= int(self.isup) <= 5:
             raise ValueError(f"finding {self.finding_id}: ISUP {self.isup} outside 0..5")
+        if self.pirads is not None and not 1 <= int(self.pirads) <= 5:
+            raise ValueError(f"finding {self.finding_id}: PI-RADS {self.pirads} outside 1..5")
 
 
 @dataclass
@@ -63,6 +72,9 @@ class Study:
     clinical: dict[str, float] = field(default_factory=dict)  # psa, psad, prostate_volume, age
     adc_units: str = "auto"  # "1e-6 mm2/s", "1e-3 mm2/s", "mm2/s" or auto-detect
     source_paths: dict[str, str] = field(default_factory=dict)
+    # findings refused one by one (outside the volume, duplicated, contradicting the case label):
+    # the study is kept, these go to rejected.csv with their finding id
+    rejected_findings: list[tuple[str, str]] = field(default_factory=list)  # (finding_id, reason)
 
     @property
     def key(self) -> str:

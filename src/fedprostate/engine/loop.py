@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedprostate.config import TrainConfig
+from fedprostate.config import APART_SOURCES, TrainConfig
 
 
 @dataclass
@@ -184,6 +184,26 @@ def predict_scores(
     if not scores:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     return np.concatenate(scores), np.concatenate(labels)
+
+
+def headline_mask(dataset: Dataset) -> np.ndarray:
+    """Rows that answer the clinical question (``config.HEADLINE_SOURCES``/organ slices), not
+    sampled normal tissue: what every round's validation metric and model choice use."""
+    rows = getattr(dataset, "rows", None)
+    if rows is None:
+        return np.ones(len(dataset), dtype=bool)
+    return np.array([r.get("source") not in APART_SOURCES for r in rows], dtype=bool)
+
+
+def score_dataset(
+    model: nn.Module, dataset: Dataset, device: str = "cpu"
+) -> tuple[dict[str, float], np.ndarray]:
+    """(round metrics over the headline rows, scores of every row in dataset order)."""
+    if len(dataset) == 0:
+        return score_metrics(np.zeros(0, np.int64), np.zeros(0, np.float32)), np.zeros(0)
+    scores, labels = predict_scores(model, dataset, device=device)
+    mask = headline_mask(dataset)
+    return score_metrics(labels[mask], scores[mask]), scores
 
 
 def score_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:

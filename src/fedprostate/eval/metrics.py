@@ -1,9 +1,17 @@
-"""Lesion- and patient-level metrics with patient-bootstrap CIs.
+"""Lesion- and patient-level metrics with patient-bootstrap CIs: the clinical question.
 
-Prediction rows (the one format every model and baseline produces) are dicts with keys
-``site, patient_id, finding_id, source, label, score`` (optional ``case_label``: the patient's
-case-level label, used for the patient-level label when present). ``score`` is any monotone
-risk score; Brier and ECE are only reported when every score lies in [0, 1] (probabilities).
+Prediction rows (the one format every model and baseline produces, ``records.predictions``) are
+dicts with keys ``site, patient_id, finding_id, source, label, score`` (optional
+``case_label``: the patient's case-level label, used for the patient-level label when present).
+``score`` is any monotone risk score; Brier and ECE are only reported when every score lies in
+[0, 1] (probabilities).
+
+Headline metrics are computed over the findings a reader marked or the label-free rule proposed
+(``config.HEADLINE_SOURCES``; organ slices in organ mode): *is this marked finding csPCa or a
+benign mimic?* Sampled normal tissue (``config.APART_SOURCES``) never enters them; its AUROC
+against the headline positives is reported apart. Patient level: a patient's score is the
+maximum over its findings, and a patient with no finding (nothing marked) is scored below every
+finding — negative by reading — when the patient list is given.
 
 Operating points: a finding is called positive when ``score >= threshold``.
 """
@@ -17,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fedprostate.config import THRESHOLD_RULES
+from fedprostate.config import APART_SOURCES, THRESHOLD_RULES
 from fedprostate.eval.bootstrap import (
     bootstrap_statistic,
     ci_dict,
@@ -132,6 +140,30 @@ def patient_key(row: dict) -> str:
     return f"{row['site']}/{row['patient_id']}"
 
 
+def headline(rows: Sequence[dict]) -> list[dict]:
+    """The rows that answer the clinical question (not sampled normal tissue)."""
+    return [r for r in rows if r.get("source") not in APART_SOURCES]
+
+
+def patient_rows(rows: Sequence[dict], patients: Sequence[dict] | None = None) -> list[dict]:
+    """Patient-level rows: max over each patient's headline findings; patients in ``patients``
+    without any finding get a score below every finding's (negative by reading)."""
+    out = aggregate_patients(headline(rows))
+    if patients:
+        seen = {patient_key(r) for r in out}
+        floor = min((r["score"] for r in out), default=0.0) - 1.0
+        for p in patients:
+            if patient_key(p) not in seen:
+                seen.add(patient_key(p))
+                label = int(p.get("case_label") or 0)
+                out.append(
+                    {"site": str(p["site"]), "patient_id": str(p["patient_id"]), "study_id": "",
+                     "finding_id": "patient", "source": "no finding", "label": label,
+                     "score": floor}
+                )  # fmt: skip
+    return out
+
+
 def aggregate_patients(rows: Sequence[dict], how: str = "max") -> list[dict]:
     """One row per (site, patient): score = max (or mean) over its findings/slices.
 
@@ -223,7 +255,7 @@ def _operating_thresholds(y, s, val_rows, threshold, sens90_threshold) -> dict:
     if val_rows:
         check_rows(val_rows, "validation predictions")
         vy, vs, _ = _columns(val_rows)
-        val = (vy, vs)
+        val = (vy, vs) if _both_classes(vy) else None  # one class: no threshold to choose
     chosen = {}
     if threshold is not None:
         chosen["operating"] = (float(threshold), "given")
@@ -243,17 +275,23 @@ def _operating_thresholds(y, s, val_rows, threshold, sens90_threshold) -> dict:
 
 
 def _negatives_split(rows, n_boot, seed, level) -> dict:
-    """AUROC of all positives against biopsied negatives only, and against sampled ones only."""
+    """AUROC of the headline positives against the headline negatives (the clinical question)
+    and against sampled normal tissue (reported apart: an easier, non-clinical question)."""
     out = {}
-    positives = [r for r in rows if int(r["label"]) == 1]
-    for source in ("biopsied", "sampled"):
-        negatives = [r for r in rows if int(r["label"]) == 0 and r["source"] == source]
-        subset = positives + negatives
-        if not negatives:
-            out[source] = {"n_neg": 0, "auroc": ci_dict(None, [])}
+    scored = headline(rows)
+    positives = [r for r in scored if int(r["label"]) == 1]
+    groups = {
+        "marked/proposed negatives": [r for r in scored if int(r["label"]) == 0],
+        "sampled normal tissue": [
+            r for r in rows if int(r["label"]) == 0 and r.get("source") in APART_SOURCES
+        ],
+    }
+    for name, negatives in groups.items():
+        if not negatives or not positives:
+            out[name] = {"n_neg": len(negatives), "auroc": ci_dict(None, [])}
             continue
-        res = _ranking_cis(subset, n_boot, seed, level)
-        out[source] = {"n_neg": len(negatives), "n_pos": res["n_pos"], "auroc": res["auroc"]}
+        res = _ranking_cis(positives + negatives, n_boot, seed, level)
+        out[name] = {"n_neg": len(negatives), "n_pos": res["n_pos"], "auroc": res["auroc"]}
     return out
 
 
@@ -288,6 +326,7 @@ def evaluate_predictions(
     sens90_threshold: float | None = None,
     level: float = 0.95,
     n_bins: int = 10,
+    patients: Sequence[dict] | None = None,
 ) -> dict:
     """Every reported metric of one model on one test set, with patient-bootstrap CIs.
 
@@ -295,10 +334,15 @@ def evaluate_predictions(
     probabilities, else Youden on the test set itself (flagged "optimistic"). The 90 %-sensitivity
     threshold likewise comes from ``sens90_threshold``, ``val_rows`` or (flagged) the test set.
     Every metric dict is {"estimate", "low", "high", "n_valid"}; undefined values are None.
+    Lesion metrics use the headline rows only; ``patients`` (the split's patient list, e.g.
+    from the crop cache's patients.csv) adds patients without findings at the patient level.
     """
     check_rows(rows)
+    everything, rows = rows, headline(rows)
+    check_rows(rows, "headline predictions (reader / proposal findings)")
     y, s, pids = _columns(rows)
     lesion = _ranking_cis(rows, n_boot, seed, level)
+    val_rows = headline(val_rows) if val_rows else val_rows
     chosen = _operating_thresholds(y, s, val_rows, threshold, sens90_threshold)
     for name, (value, source) in chosen.items():
         key = "operating_point" if name == "operating" else "at_sens90"
@@ -314,8 +358,8 @@ def evaluate_predictions(
         "n_pos": int(y.sum()),
         "n_neg": int(len(y) - y.sum()),
         "lesion": lesion,
-        "patient": _ranking_cis(aggregate_patients(rows), n_boot, seed, level),
-        "negatives": _negatives_split(rows, n_boot, seed, level),
+        "patient": _ranking_cis(patient_rows(rows, patients), n_boot, seed, level),
+        "negatives": _negatives_split(everything, n_boot, seed, level),
         "per_site": site_metrics,
         "worst_site": worst_site(site_metrics),
         "bootstrap": {"unit": "patient", "n_boot": n_boot, "seed": seed, "level": level},

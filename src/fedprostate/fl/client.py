@@ -20,7 +20,7 @@ from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
 from fedprostate.config import RunConfig, parse_codec
 from fedprostate.engine import setup
-from fedprostate.engine.loop import predict_scores, score_metrics, train_local
+from fedprostate.engine.loop import score_dataset, train_local
 
 log = logging.getLogger("fedprostate.site")
 
@@ -147,7 +147,7 @@ def train_round(
             {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feedback.residual.items()},
         )
 
-    val = score_metrics(*_labels_scores(ft.model, setup.client_dataset(cfg, site.name, "val")))
+    val, _ = score_dataset(ft.model, setup.client_dataset(cfg, site.name, "val"))
     metrics = {
         "num-examples": result.num_examples,
         "train-loss": result.loss,
@@ -179,12 +179,5 @@ def evaluate_round(
     setup.set_local_state(
         bundle.ft, _load_state(site, "local", server_round + 1) or bundle.initial_local
     )
-    m = score_metrics(*_labels_scores(bundle.ft.model, setup.client_dataset(cfg, site.name, split)))
+    m, _ = score_dataset(bundle.ft.model, setup.client_dataset(cfg, site.name, split))
     return {"num-examples": int(m["n"]), "auroc": m["auroc"], "ap": m["ap"], "loss": m["loss"]}
-
-
-def _labels_scores(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    if len(dataset) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    scores, labels = predict_scores(model, dataset)
-    return labels, scores

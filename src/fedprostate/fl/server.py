@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, MetricRecord
 
 from fedprostate.config import RunConfig
 from fedprostate.engine import setup
-from fedprostate.engine.loop import predict_scores, score_metrics
+from fedprostate.engine.loop import score_dataset
 from fedprostate.fl import wire
 from fedprostate.fl.strategies import make_strategy
 from fedprostate.records import predictions
@@ -43,8 +43,7 @@ class BenchmarkScorer:
         setup.set_local_state(bundle.ft, bundle.initial_local)
         out, preds = {}, {}
         for split, ds in self.sets.items():
-            scores, labels = predict_scores(bundle.ft.model, ds)
-            out[split] = score_metrics(labels, scores)
+            out[split], scores = score_dataset(bundle.ft.model, ds)
             preds[split] = predictions.from_index(ds.rows, scores, server_round)
         entry = {"round": server_round, "metrics": out, "predictions": preds}
         self.last = entry

@@ -1,9 +1,10 @@
 """Read one run folder (federate / centralize / local) and score it with its baselines.
 
-Prediction rows are ``fedprostate.records.predictions``'. The crop cache index named in the run's
-config adds each finding's case label (for patient-level scores), mean ADC and PSA density (for
-the two baselines that need no deep learning); rows and index rows are joined on
-(patient, ``predictions.finding_key``).
+Prediction rows are ``fedprostate.records.predictions``'. The crop cache named in the run's config
+adds each finding's case label, PI-RADS and mean ADC (index.csv) and every patient of the split
+with PSA density, findings or not (patients.csv): the baselines that need no deep learning —
+the radiologist's PI-RADS and the mean-ADC rule on the same findings, PSA density per patient.
+Rows and index rows are joined on (patient, ``predictions.finding_key``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedprostate.data.cache import load_index
+from fedprostate.data.cache import load_index, load_patients
 from fedprostate.eval.baselines import adc_rule_predictions, median_psad, psad_predictions
 from fedprostate.eval.compare import compare_models
-from fedprostate.eval.metrics import aggregate_patients, evaluate_predictions, patient_key
+from fedprostate.eval.metrics import evaluate_predictions, headline, patient_key, patient_rows
 from fedprostate.records import predictions
 
 
@@ -35,6 +36,7 @@ class RunData:
     index: list[dict] = field(default_factory=list)  # cache rows of the scored test findings
     train_index: list[dict] = field(default_factory=list)  # cache rows of the training split
     val_index: list[dict] = field(default_factory=list)  # cache rows of the validation split
+    patients: dict[str, list[dict]] = field(default_factory=dict)  # split → patients.csv rows
 
     @property
     def name(self) -> str:
@@ -71,6 +73,8 @@ def attach_index(data: RunData, cache: Path) -> None:
     """Join case labels onto the predictions and keep the index rows of the scored findings."""
 
     by_key = {_key(r): r for r in load_index(cache)}
+    patients = load_patients(cache)
+    data.patients = {s: [p for p in patients if p["split"] == s] for s in ("train", "val", "test")}
     for rows in (data.test, data.val):
         for r in rows:
             match = by_key.get(_key(r))
@@ -82,9 +86,9 @@ def attach_index(data: RunData, cache: Path) -> None:
 
 
 def psad_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[dict] | None:
-    """Patient-level PSA-density rows for the scored test patients (or ``index`` rows),
-    median-imputed from the training split."""
-    index = data.index if index is None else index
+    """Patient-level PSA-density rows for every test patient (or ``index`` rows), with or
+    without findings, median-imputed from the training split."""
+    index = (data.patients.get("test") or data.index) if index is None else index
     if not index or all(r.get("psad") is None for r in index):
         return None
     try:
@@ -96,7 +100,7 @@ def psad_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[d
 
 def adc_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[dict] | None:
     """Lesion-level mean-ADC rows for the scored test findings (or ``index`` rows)."""
-    index = data.index if index is None else index
+    index = headline(data.index if index is None else index)
     if not index or any(
         r.get("adc_mean") is None or not math.isfinite(r["adc_mean"]) for r in index
     ):
@@ -104,29 +108,49 @@ def adc_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[di
     return adc_rule_predictions(index, split=None)
 
 
+def pirads_baseline_rows(data: RunData, index: list[dict] | None = None) -> list[dict] | None:
+    """The radiologist: lesion-level rows scored by PI-RADS, when every scored finding has one
+    (reader findings; proposals have none, so a proposal run has no PI-RADS baseline)."""
+    index = headline(data.index if index is None else index)
+    if not index or any(r.get("pirads") is None for r in index):
+        return None
+    return predictions.from_index(index, [float(r["pirads"]) for r in index])
+
+
 def evaluate_run(data: RunData, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Model metrics (CIs), baselines, and how much the model adds over each baseline."""
+    patients = data.patients.get("test")
     model = evaluate_predictions(
-        data.test, n_boot=n_boot, seed=seed, val_rows=data.val or None, level=level
-    )
+        data.test, n_boot=n_boot, seed=seed, val_rows=data.val or None, level=level,
+        patients=patients,
+    )  # fmt: skip
     out: dict = {"model": model, "baselines": {}, "added_value": {}}
-    adc = adc_baseline_rows(data)
-    if adc is not None and len(adc) == len(data.test):
-        out["baselines"]["mean-ADC rule"] = evaluate_predictions(
-            adc, n_boot=n_boot, seed=seed, val_rows=adc_baseline_rows(data, data.val_index)
-        )
-        _add_comparison(out, "mean-ADC rule (lesion level)", adc, data.test, n_boot, seed, level)
+    lesion_model = headline(data.test)
+    rules = {
+        "PI-RADS (radiologist)": pirads_baseline_rows,
+        "mean-ADC rule": adc_baseline_rows,
+    }
+    for name, build in rules.items():
+        rows = build(data)
+        if rows is None or len(rows) != len(lesion_model):
+            continue
+        out["baselines"][name] = evaluate_predictions(
+            rows, n_boot=n_boot, seed=seed, val_rows=build(data, data.val_index),
+            patients=patients,
+        )  # fmt: skip
+        _add_comparison(out, f"{name} (lesion level)", rows, lesion_model, n_boot, seed, level)
     psad = psad_baseline_rows(data)
     if psad is not None:
         out["baselines"]["PSA density"] = evaluate_predictions(
-            psad, n_boot=n_boot, seed=seed, val_rows=psad_baseline_rows(data, data.val_index)
-        )
-        patients = aggregate_patients(data.test)
+            psad, n_boot=n_boot, seed=seed,
+            val_rows=psad_baseline_rows(data, data.patients.get("val") or data.val_index),
+        )  # fmt: skip
+        per_patient = patient_rows(data.test, patients)
         keys = {patient_key(r) for r in psad}
-        patients = [r for r in patients if patient_key(r) in keys]
-        _add_comparison(out, "PSA density (patient level)", psad, patients, n_boot, seed, level)
+        per_patient = [r for r in per_patient if patient_key(r) in keys]
+        _add_comparison(out, "PSA density (patient level)", psad, per_patient, n_boot, seed, level)
     for result in out["baselines"].values():
-        result["lesion"]["calibration"] = None  # rule scores (-ADC, PSAD) are not probabilities
+        result["lesion"]["calibration"] = None  # PI-RADS, -ADC, PSAD: scores, not probabilities
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fedprostate.eval.metrics import headline
 from fedprostate.report import plots
 from fedprostate.report.document import Doc
 from fedprostate.report.run_data import (
@@ -134,7 +135,9 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
     doc.table(
         METRICS_HEADER,
         rows,
-        "Test split, 95% CIs by bootstrap over patients; operating point chosen on validation",
+        "Test split: the findings a radiologist marked (or the label-free rule proposed); "
+        "patient AUROC counts patients with no finding as negative by reading. 95% CIs by "
+        "bootstrap over patients; operating point chosen on validation",
     )
     if evaluation["added_value"]:
         doc.para(
@@ -148,7 +151,8 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
     doc.table(
         ["negatives", "n", "AUROC vs all positives"],
         [[k, v["n_neg"], fmt_ci(v["auroc"])] for k, v in neg.items()],
-        "Biopsied benign findings and sampled normal tissue reported apart",
+        "The headline question (csPCa vs the benign findings a reader marked or the rule proposed) "
+        "and, apart, csPCa vs sampled normal tissue (an easier question, never a headline)",
     )
     worst = evaluation["model"]["worst_site"]
     if worst:
@@ -176,10 +180,10 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
     if "mean-ADC rule" in evaluation["baselines"]:
         per_site["mean-ADC rule"] = evaluation["baselines"]["mean-ADC rule"]
     doc.figure(plots.plot_per_site(per_site, figdir / "per_site.png"), "AUROC per site (95% CI)")
-    scores = [r["score"] for r in data.test]
+    scores = [r["score"] for r in headline(data.test)]
     if min(scores) >= 0 and max(scores) <= 1:
         doc.figure(
-            plots.plot_reliability({"model": data.test}, figdir / "reliability.png"),
+            plots.plot_reliability({"model": headline(data.test)}, figdir / "reliability.png"),
             "Reliability diagram (test)",
         )
     bytes_rows = _bytes_table(data)

@@ -16,7 +16,8 @@ import numpy as np
 from fedprostate.config import RunConfig
 from fedprostate.data.cache import CropDataset
 from fedprostate.engine import setup
-from fedprostate.engine.loop import predict_scores, score_metrics, train_local
+from fedprostate.engine.loop import score_dataset, score_metrics, train_local
+from fedprostate.eval.metrics import headline
 from fedprostate.records import predictions
 from fedprostate.records.run_folder import RunRecorder
 
@@ -48,8 +49,7 @@ def _fit(
         entry: dict = {"round": r, "client": name, "train_loss": result.loss}
         preds = {}
         for split, ds in sets.items():
-            scores, labels = predict_scores(model, ds)
-            entry[split] = score_metrics(labels, scores)
+            entry[split], scores = score_dataset(model, ds)
             preds[split] = predictions.from_index(ds.rows, scores, r)
         if recorder is not None:
             recorder.append_round(entry)
@@ -116,9 +116,10 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
         own_val_preds += best["predictions"]["val"]
     recorder.write_predictions("test", "best", own_preds)
     recorder.write_predictions("val", "best", own_val_preds)
-    labels = np.array([int(r["label"]) for r in own_preds])
-    scores = np.array([float(r["score"]) for r in own_preds])
-    own = score_metrics(labels, scores)
+    scored = headline(own_preds)
+    own = score_metrics(
+        np.array([int(r["label"]) for r in scored]), np.array([float(r["score"]) for r in scored])
+    )
     pooled = [
         v["pooled_test_auroc"] for v in per_site.values() if np.isfinite(v["pooled_test_auroc"])
     ]
@@ -150,6 +151,7 @@ def _summary(
 
 def _per_site(rows: list[dict]) -> dict[str, float]:
     out = {}
+    rows = headline(rows)
     for site in sorted({r["site"] for r in rows}):
         sub = [r for r in rows if r["site"] == site]
         m = score_metrics(

@@ -12,6 +12,7 @@ images and may raise :class:`StudyError`. Format modules import this module, nev
 from __future__ import annotations
 
 import csv
+import dataclasses
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,7 +43,10 @@ class StudyRef:
     row: dict[str, str] = field(default_factory=dict)  # marksheet row, when there is one
     findings: list[dict[str, str]] = field(
         default_factory=list
-    )  # table findings (ProstateX, generic)
+    )  # table findings (ProstateX, generic, a PI-CAI radiology table)
+    # where lesion-mode findings come from: "reader" (a findings table), "proposal" (the
+    # label-free candidate rule), "none" (organ mode needs none)
+    finding_source: str = "reader"
 
     @property
     def key(self) -> str:
@@ -136,35 +140,31 @@ def check_label_values(mask: sitk.Image, patient_id: str, path: str, allowed=ran
         raise StudyError(patient_id, f"label values {bad[:5]} outside 0-5", path)
 
 
-def mask_findings(lesion_mask: sitk.Image, prefix: str = "L") -> list[Finding]:
-    """One csPCa finding per connected component: centroid in world mm, ISUP = max value.
+LABEL_RADIUS_MM = 3.0  # a finding is csPCa when the csPCa mask reaches within this distance
 
-    Every component of a csPCa delineation is a clinically significant lesion. AI masks mark
-    lesions with 1 (no grade): they keep ``isup=1`` but count as csPCa (``clinsig=True``).
+
+def label_from_mask(finding: Finding, lesion_mask: sitk.Image) -> Finding:
+    """A finding labelled by the ground-truth csPCa mask (it *labels*, it never *places*).
+
+    csPCa when any voxel of the mask lies within ``LABEL_RADIUS_MM`` of the finding; ISUP = the
+    largest mask value there (AI masks use 1: kept as ``isup=1`` but counted as csPCa).
     """
     arr = sitk.GetArrayViewFromImage(lesion_mask)
-    if not arr.any():
-        return []
-    binary = sitk.Cast(lesion_mask > 0, sitk.sitkUInt8)
-    components = sitk.ConnectedComponent(binary, True)
-    shape = sitk.LabelShapeStatisticsImageFilter()
-    shape.Execute(components)
-    stats = sitk.LabelIntensityStatisticsImageFilter()
-    stats.Execute(components, sitk.Cast(lesion_mask, sitk.sitkFloat32))
-    findings = []
-    for n, label in enumerate(sorted(shape.GetLabels()), start=1):
-        volume = shape.GetPhysicalSize(label)
-        findings.append(
-            Finding(
-                finding_id=f"{prefix}{n}",
-                world_mm=tuple(float(v) for v in shape.GetCentroid(label)),
-                isup=int(stats.GetMaximum(label)),
-                clinsig=True,
-                source="mask",
-                radius_mm=float((3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0)),
-            )
-        )
-    return findings
+    idx = np.asarray(lesion_mask.TransformPhysicalPointToContinuousIndex(finding.world_mm))
+    spacing = np.asarray(lesion_mask.GetSpacing())
+    reach = np.ceil(LABEL_RADIUS_MM / spacing).astype(int)
+    lo = np.maximum(np.floor(idx).astype(int) - reach, 0)
+    hi = np.minimum(np.ceil(idx).astype(int) + reach + 1, np.asarray(lesion_mask.GetSize()))
+    if np.any(hi <= lo):
+        return dataclasses.replace(finding, isup=0, clinsig=False)
+    block = arr[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+    zz, yy, xx = np.meshgrid(*(np.arange(a, b) for a, b in zip(lo[::-1], hi[::-1], strict=True)),
+                             indexing="ij")  # fmt: skip
+    dist = np.sqrt(((xx - idx[0]) * spacing[0]) ** 2 + ((yy - idx[1]) * spacing[1]) ** 2
+                   + ((zz - idx[2]) * spacing[2]) ** 2)  # fmt: skip
+    values = block[dist <= LABEL_RADIUS_MM]
+    isup = int(values.max()) if values.size else 0
+    return dataclasses.replace(finding, isup=isup, clinsig=isup > 0)
 
 
 def sample_negatives(

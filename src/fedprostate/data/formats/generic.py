@@ -10,8 +10,9 @@ site        hospital / collection name (required)
 t2w         path of the T2-weighted image (required)
 adc         path of the ADC map (required; units detected from the values)
 hbv         path of the high-b DWI (required)
-x, y, z     finding centre, LPS world mm (ITK/DICOM convention); leave all
-            three empty for a study without findings (organ mode only)
+x, y, z     finding centre, LPS world mm (ITK/DICOM convention): a location a reader
+            marked; leave all three empty for a study without findings
+pirads      optional PI-RADS v2.1 score of the mark (1..5)
 label       1 = clinically significant, 0 = not (required)
 zone        PZ / TZ / AS / SV / unknown (may be empty)
 isup        0..5 (may be empty: 2 when label=1, else 0)
@@ -103,10 +104,21 @@ def _generic_finding(row: dict, pid: str, where: str) -> Finding | None:
         raise StudyError(pid, f"finding {row['finding_id']}: bad number ({exc})", where) from exc
     if label not in (0, 1) or not 0 <= isup <= 5:
         raise StudyError(pid, f"finding {row['finding_id']}: label/isup out of range", where)
+    pirads = None
+    if (row.get("pirads") or "").strip():
+        try:
+            pirads = int(row["pirads"])
+        except ValueError:
+            pirads = 0
+        if not 1 <= pirads <= 5:
+            raise StudyError(
+                pid, f"finding {row['finding_id']}: pirads {row['pirads']!r} outside 1-5", where
+            )
     zone = (row.get("zone") or "unknown").upper()
     return Finding(
-        row["finding_id"], world, zone if zone in ZONES else "unknown", isup, bool(label)
-    )
+        row["finding_id"], world, zone if zone in ZONES else "unknown", isup, bool(label),
+        "reader", pirads=pirads,
+    )  # fmt: skip
 
 
 def load(ref: StudyRef, seed: int = 0, **_) -> Study:

@@ -1,4 +1,4 @@
-"""PI-CAI reader: ``images/`` + the picai_labels layout.
+"""PI-CAI reader: ``images/`` + the picai_labels layout, findings from reading.
 
 Layout under ``DIR``::
 
@@ -6,21 +6,30 @@ Layout under ``DIR``::
     labels/csPCa_lesion_delineations/<labels>/<pid>_<sid>.nii.gz     (labels option, see below)
     labels/anatomical_delineations/whole_gland/AI/Bosma22b/<pid>_<sid>.nii.gz
     labels/clinical_information/marksheet.csv    (or DIR/marksheet.csv)
+    radiology/findings.csv                       (optional: the site's radiology marks)
 
 ``labels`` is one of ``human_expert/resampled`` (default, on the T2 grid), ``human_expert/original``
 or ``AI/Bosma22a``; masks not on the T2 grid are resampled onto it (nearest neighbour).
 
-Findings are the connected components of the csPCa mask (values 1-5; AI masks use 1, which is
-kept as ``isup=1`` but counted as csPCa). PI-CAI has no table of benign findings, so lesion-mode
-negatives are *sampled*: ``negatives`` voxels drawn uniformly inside the gland mask, at least
-10 mm from every lesion voxel, from a generator seeded by (run seed, study key), flagged
-``source="sampled"``. A csPCa-positive case whose mask is empty (case-level-only label) has no
-lesion finding: ``prepare`` excludes it from lesion mode with that reason and keeps it for organ
-mode. A mask with a lesion on a case marked ``case_csPCa=NO`` is rejected as contradictory.
+Findings (lesion mode) are locations nobody placed by looking at the answer:
+
+* ``findings=PATH`` (or ``auto`` when ``radiology/findings.csv`` exists): the radiologist's marks
+  (``findings_table``: PI-RADS, biopsy outcome), ``source="reader"``; a study the table lists no
+  mark for is kept with no finding (the radiologist saw nothing: negative by reading);
+* ``findings=proposals`` (``auto`` without a table): label-free candidates of restricted
+  diffusion (``data/proposals.py``), ``source="proposal"``.
+
+The csPCa mask only *labels* findings without a biopsy outcome (overlap, ``label_from_mask``).
+A csPCa-positive case whose mask is empty (case-level-only label) cannot label proposals:
+``prepare`` excludes it from lesion mode with that reason and keeps it for organ mode. A mask with
+a lesion on a case marked ``case_csPCa=NO`` is rejected as contradictory. ``negatives`` extra
+locations of normal gland tissue (≥ 10 mm from every lesion voxel, seeded by (run seed, study))
+are added as ``source="sampled"``: training negatives, never in a headline metric.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -31,14 +40,16 @@ from fedprostate.data.formats.base import (
     DataFormatError,
     StudyRef,
     check_label_values,
-    mask_findings,
+    label_from_mask,
     on_grid,
     read_csv_checked,
     read_image,
     sample_negatives,
     study_rng,
 )
-from fedprostate.data.study import SEQUENCES, Study, StudyError
+from fedprostate.data.formats.findings_table import read_table, study_findings, unknown_rows
+from fedprostate.data.proposals import propose
+from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
 
 NAME = "picai"
 LABEL_FOLDERS = ("human_expert/resampled", "human_expert/original", "AI/Bosma22a")
@@ -83,14 +94,34 @@ def _paths(src: Path, pid: str, sid: str, labels: str) -> dict[str, str]:
     return paths
 
 
+READER_TABLE = Path("radiology/findings.csv")
+FINDINGS_MODES = ("auto", "proposals", "none")  # or a path to a findings table
+
+
+def findings_table_path(src: Path, findings: str) -> Path | None:
+    """The findings table ``findings`` names (None: proposals or no findings)."""
+    if findings in ("proposals", "none"):
+        return None
+    if findings == "auto":
+        return src / READER_TABLE if (src / READER_TABLE).is_file() else None
+    path = Path(findings)
+    if not path.is_file():
+        raise DataFormatError(f"--findings {findings}: no such findings table")
+    return path
+
+
 def list_refs(
-    src: Path, labels: str = "human_expert/resampled", **_
+    src: Path, labels: str = "human_expert/resampled", findings: str = "auto", **_
 ) -> tuple[list[StudyRef], list[StudyError]]:
     if labels not in LABEL_FOLDERS:
         raise DataFormatError(f"--labels {labels!r}: choose one of {LABEL_FOLDERS}")
+    table_path = findings_table_path(src, findings)
+    table = read_table(table_path) if table_path else None
+    source = "none" if findings == "none" else ("reader" if table else "proposal")
     sheet = marksheet_path(src)
     rows = read_csv_checked(sheet, REQUIRED_COLUMNS)
     refs, errors, seen = [], [], set()
+    in_sheet = {(row.get("patient_id", ""), row.get("study_id", "")) for row in rows}
     for row in rows:
         pid, sid = row.get("patient_id", ""), row.get("study_id", "")
         where = f"{sheet}:{row['_line']}"
@@ -113,7 +144,13 @@ def list_refs(
             errors.append(StudyError(pid, f"marksheet row {pid}_{sid} has no images", where))
             continue
         site = row.get("center") or "picai"
-        refs.append(StudyRef("picai", site, pid, sid, paths, row=row))
+        ref = StudyRef("picai", site, pid, sid, paths, row=row, finding_source=source)
+        if table is not None:
+            ref.findings = table.rows.get((pid, sid), [])
+            ref.paths["findings"] = str(table.path)
+        refs.append(ref)
+    if table is not None:  # (marks of a study rejected above go with their study)
+        errors += unknown_rows(table, in_sheet)
     return refs, errors
 
 
@@ -146,11 +183,10 @@ def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
         lesion = read_image(lesion_path, pid, "lesion mask")
         check_label_values(lesion, pid, str(lesion_path))
         lesion = on_grid(sitk.Cast(lesion, sitk.sitkUInt8), t2)
-    findings = mask_findings(lesion) if lesion is not None else []
-    if findings and case_label == 0:
-        raise StudyError(
-            pid, f"lesion mask has {len(findings)} lesion(s) but case_csPCa=NO", lesion_path
-        )
+        if not sitk.GetArrayViewFromImage(lesion).any():
+            lesion = None
+    if lesion is not None and case_label == 0:
+        raise StudyError(pid, "lesion mask has csPCa voxels but case_csPCa=NO", lesion_path)
 
     gland = None
     gland_path = Path(ref.paths["gland"])
@@ -159,20 +195,33 @@ def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
         gland = on_grid(sitk.Cast(gland > 0, sitk.sitkUInt8), t2)
         if not sitk.GetArrayViewFromImage(gland).any():
             gland = None
+    study = Study(ref.site, pid, ref.study_id, images, gland_mask=gland, lesion_mask=lesion,
+                  case_label=case_label)  # fmt: skip
+
+    def label_by_mask(finding: Finding) -> Finding:
+        if lesion is not None:
+            return label_from_mask(finding, lesion)
+        if case_label == 0:
+            return dataclasses.replace(finding, isup=0, clinsig=False)
+        raise StudyError(
+            pid,
+            "excluded from lesion mode: csPCa-positive case with an empty lesion mask "
+            "(case-level label only) cannot label its findings; kept for organ mode",
+            lesion_path,
+        )
+
+    findings: list[Finding] = []
+    if ref.finding_source == "reader":
+        findings, rejected = study_findings(
+            ref.findings, pid, ref.paths["findings"], t2, gland, case_label, label_by_mask
+        )
+        study.rejected_findings = [(e.finding_id, e.reason) for e in rejected]
+    elif ref.finding_source == "proposal":
+        findings = [label_by_mask(f) for f in propose(study)]
     rng = study_rng(seed, ref.key)
-    findings += sample_negatives(t2, gland, lesion, negatives, rng)
+    study.findings = findings + sample_negatives(t2, gland, lesion, negatives, rng)
 
     clinical = {name: _float(ref.row.get(col)) for col, name in CLINICAL_COLUMNS.items()}
-    clinical = {k: v for k, v in clinical.items() if not np.isnan(v)}
-    return Study(
-        site=ref.site,
-        patient_id=pid,
-        study_id=ref.study_id,
-        images=images,
-        findings=findings,
-        gland_mask=gland,
-        lesion_mask=lesion,
-        case_label=case_label,
-        clinical=clinical,
-        source_paths={k: v for k, v in ref.paths.items() if Path(v).exists()},
-    )
+    study.clinical = {k: v for k, v in clinical.items() if not np.isnan(v)}
+    study.source_paths = {k: v for k, v in ref.paths.items() if Path(v).exists()}
+    return study

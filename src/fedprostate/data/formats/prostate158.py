@@ -1,14 +1,16 @@
 """Prostate158 reader: ``DIR/<id>/{t2,adc,dwi}.nii.gz`` with tumour masks ``t2_tumor_reader1.nii.gz``
 (on the T2 grid; ``adc_tumor_reader1.nii.gz`` on the ADC grid is used when the T2 one is absent)
 and zonal anatomy ``t2_anatomy_reader1.nii.gz`` (1 = TZ, 2 = PZ; their union is the gland).
-Findings are the connected components of the tumour mask; its masks are binary (1 = csPCa), so
-as with AI masks ``isup=1`` is kept and the finding counts as csPCa. The zone is read from the
-anatomy mask at the centroid. Case label = any tumour voxel. Negatives are sampled as for PI-CAI.
+Prostate158 has no findings table: findings are the label-free candidates of ``data/proposals``
+(``source="proposal"``), labelled by the tumour mask (binary, 1 = csPCa, so as with AI masks
+``isup=1`` is kept and the finding counts as csPCa). The zone is read from the anatomy mask at the
+finding. Case label = any tumour voxel. Negatives are sampled as for PI-CAI.
 Site = ``prostate158``, patient_id = study_id = the folder name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813
@@ -16,12 +18,13 @@ import SimpleITK as sitk  # noqa: N813
 from fedprostate.data.formats.base import (
     StudyRef,
     check_label_values,
-    mask_findings,
+    label_from_mask,
     on_grid,
     read_image,
     sample_negatives,
     study_rng,
 )
+from fedprostate.data.proposals import propose
 from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
 
 P158_FILES = {"t2w": "t2.nii.gz", "adc": "adc.nii.gz", "hbv": "dwi.nii.gz"}
@@ -35,7 +38,7 @@ def detect(src: Path) -> bool:
     return src.is_dir() and any(src.glob("*/t2.nii.gz"))
 
 
-def list_refs(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
+def list_refs(src: Path, findings: str = "auto", **_) -> tuple[list[StudyRef], list[StudyError]]:
     refs = []
     for folder in sorted(p for p in src.iterdir() if p.is_dir()):
         if not any((folder / name).exists() for name in P158_FILES.values()):
@@ -43,7 +46,8 @@ def list_refs(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
         paths = {seq: str(folder / name) for seq, name in P158_FILES.items()}
         for name in ("t2_tumor_reader1", "adc_tumor_reader1", "t2_anatomy_reader1"):
             paths[name] = str(folder / f"{name}.nii.gz")
-        refs.append(StudyRef("prostate158", "prostate158", folder.name, folder.name, paths))
+        refs.append(StudyRef("prostate158", "prostate158", folder.name, folder.name, paths,
+                             finding_source="none" if findings == "none" else "proposal"))  # fmt: skip
     return refs, []
 
 
@@ -67,34 +71,23 @@ def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
             t2,
         )
         gland = sitk.Cast(anatomy > 0, sitk.sitkUInt8)
-    findings = mask_findings(lesion, prefix="T") if lesion is not None else []
-    if anatomy is not None:
-        findings = [_with_zone(f, anatomy) for f in findings]
-    findings += sample_negatives(t2, gland, lesion, negatives, study_rng(seed, ref.key))
-    return Study(
-        site=ref.site,
-        patient_id=pid,
-        study_id=ref.study_id,
-        images=images,
-        findings=findings,
-        gland_mask=gland,
-        lesion_mask=lesion,
-        case_label=int(any(f.clinsig for f in findings)),
-        source_paths={k: v for k, v in ref.paths.items() if Path(v).exists()},
+    case_label = int(lesion is not None and sitk.GetArrayViewFromImage(lesion).any())
+    study = Study(ref.site, pid, ref.study_id, images, gland_mask=gland, lesion_mask=lesion,
+                  case_label=case_label,
+                  source_paths={k: v for k, v in ref.paths.items() if Path(v).exists()})  # fmt: skip
+    findings = []
+    if ref.finding_source == "proposal":  # no findings table: label-free candidates
+        findings = [label_from_mask(f, lesion) if lesion is not None else f for f in propose(study)]
+        if anatomy is not None:
+            findings = [_with_zone(f, anatomy) for f in findings]
+    study.findings = findings + sample_negatives(
+        t2, gland, lesion, negatives, study_rng(seed, ref.key)
     )
+    return study
 
 
 def _with_zone(finding: Finding, anatomy: sitk.Image) -> Finding:
     idx = anatomy.TransformPhysicalPointToIndex(finding.world_mm)
     size = anatomy.GetSize()
     value = anatomy[idx] if all(0 <= i < s for i, s in zip(idx, size, strict=True)) else 0
-    zone = P158_ZONES.get(int(value), "unknown")
-    return Finding(
-        finding.finding_id,
-        finding.world_mm,
-        zone,
-        finding.isup,
-        finding.clinsig,
-        finding.source,
-        finding.radius_mm,
-    )
+    return dataclasses.replace(finding, zone=P158_ZONES.get(int(value), "unknown"))

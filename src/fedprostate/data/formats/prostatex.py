@@ -9,7 +9,8 @@ InstitutionName (0008,0080) of the T2 series, else ``prostatex``.
 ``pos`` is in DICOM patient coordinates (LPS mm), the same frame SimpleITK reports, so it is used
 unchanged: a voxel (column i, row j) of a slice lies at ``ImagePositionPatient + i·Δc·row_cos +
 j·Δr·col_cos`` (``tests/test_readers_prostatex.py`` checks this by hand). The findings are biopsied
-lesions, so benign ones are real negatives (``source="biopsied"``). The CSV gives only ClinSig:
+lesions, so benign ones are real negatives (``source="reader"``; an optional ``pirads`` column is
+read when present). The CSV gives only ClinSig:
 ``isup`` is recorded as 2 (the csPCa lower bound) when significant, else 0. With only one study
 folder expected per patient, the first (sorted) is used.
 """
@@ -79,6 +80,15 @@ def list_refs(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
     return refs, errors
 
 
+def _pirads(text: str | None) -> int | None:
+    """The optional PI-RADS column (not in the public ProstateX table; our synth writes it)."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        return None
+    return value if 1 <= value <= 5 else None
+
+
 def parse_pos(text: str, pid: str, where: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
@@ -110,7 +120,8 @@ def load(ref: StudyRef, seed: int = 0, **_) -> Study:
                 zone=zone if zone in ZONES else "unknown",
                 isup=2 if clinsig else 0,
                 clinsig=clinsig,
-                source="biopsied",
+                source="reader",
+                pirads=_pirads(row.get("pirads")),
             )
         )
     return Study(
