@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from fedprostate.data.study import StudyError
 from fedprostate.eval.compare import compare_models, verdict_from_comparison
-from fedprostate.eval.metrics import aggregate_patients, patient_key
+from fedprostate.eval.metrics import headline, patient_key, patient_rows
+from fedprostate.records.predictions import finding_key
 from fedprostate.study.cells import REFERENCE
 from fedprostate.study.config import Preregistration
 
@@ -60,28 +61,39 @@ SECONDARY = (
 )
 
 
-def _patient_rows(rows: list[dict]) -> list[dict]:
-    return aggregate_patients(rows, how="max")
+def paired_rows(
+    rows_a: list[dict],
+    rows_b: list[dict],
+    level: str,
+    patients_a: list[dict] | None = None,
+    patients_b: list[dict] | None = None,
+) -> tuple[list, list]:
+    """Both arms' rows at ``level``, restricted to the findings (patients) both scored.
 
-
-def paired_rows(rows_a: list[dict], rows_b: list[dict], level: str) -> tuple[list, list]:
-    """Both arms' rows at ``level``, restricted to the findings (patients) both scored."""
+    Only headline rows count (reader/proposal findings, organ slices; never sampled tissue).
+    Patient level: max over a patient's findings, and a patient of the arm's split with no
+    finding scores as negative by reading — so a lesion arm is compared with an organ arm on
+    every patient, and it sees only the findings a reader marked or the rule proposed."""
+    rows_a, rows_b = headline(rows_a), headline(rows_b)
     if level == "patient":
-        rows_a, rows_b = _patient_rows(rows_a), _patient_rows(rows_b)
+        rows_a, rows_b = patient_rows(rows_a, patients_a), patient_rows(rows_b, patients_b)
 
     def key(r):
-        return patient_key(r), str(r["finding_id"])
+        return patient_key(r), finding_key(r)
 
     common = {key(r) for r in rows_a} & {key(r) for r in rows_b}
     return [r for r in rows_a if key(r) in common], [r for r in rows_b if key(r) in common]
 
 
-def compare_arms(rows_a, rows_b, comp: Comparison, prereg: Preregistration, seed: int = 0) -> dict:
+def compare_arms(
+    rows_a, rows_b, comp: Comparison, prereg: Preregistration, seed: int = 0, patients=None
+) -> dict:
     """Paired test of one comparison; the verdict is computed, never typed."""
     margin = (
         prereg.margin_noninferiority if comp.test == "noninferior" else prereg.margin_superiority
     )
-    a, b = paired_rows(rows_a, rows_b, comp.level)
+    patients = patients or {}
+    a, b = paired_rows(rows_a, rows_b, comp.level, patients.get(comp.a), patients.get(comp.b))
     out = {"a": comp.a, "b": comp.b, "test": comp.test, "level": comp.level, "margin": margin}
     if not a:
         return out | {"verdict": "inconclusive", "error": "no finding scored by both arms"}
@@ -126,16 +138,18 @@ def evaluate_claims(
     summaries: dict[str, dict],
     prereg: Preregistration,
     seed: int = 0,
+    patients: dict[str, list[dict]] | None = None,
 ) -> dict:
     """Verdict of every claim (and secondary comparison) whose arms were run.
 
-    ``predictions``: arm id -> test prediction rows of its chosen cell (with case labels)."""
+    ``predictions``: arm id -> test prediction rows of its chosen cell (with case labels);
+    ``patients``: arm id -> the test patients of its cache (patient-level comparisons)."""
     claims = []
     for claim in CLAIMS:
         if not all(c.a in predictions and c.b in predictions for c in claim.comparisons):
             continue
         results = [
-            compare_arms(predictions[c.a], predictions[c.b], c, prereg, seed)
+            compare_arms(predictions[c.a], predictions[c.b], c, prereg, seed, patients)
             for c in claim.comparisons
         ]
         claims.append(
@@ -151,7 +165,7 @@ def evaluate_claims(
     if extra:
         claims.append(extra)
     secondary = [
-        compare_arms(predictions[c.a], predictions[c.b], c, prereg, seed)
+        compare_arms(predictions[c.a], predictions[c.b], c, prereg, seed, patients)
         for c in SECONDARY
         if c.a in predictions and c.b in predictions
     ]

@@ -104,7 +104,10 @@ def build_study_doc(study_dir: Path) -> Doc:
         runs[arm_id] = load_run(study_dir / "cells" / choice["cell"])
         evals[arm_id] = evaluate_run(runs[arm_id], n_boot=n_boot, level=1 - prereg.alpha)
     claims = evaluate_claims(
-        {a: r.test for a, r in runs.items()}, {a: r.summary for a, r in runs.items()}, prereg
+        {a: r.test for a, r in runs.items()},
+        {a: r.summary for a, r in runs.items()},
+        prereg,
+        patients={a: r.patients.get("test", []) for a, r in runs.items()},
     )
     (study_dir / "claims.json").write_text(
         json.dumps(claims, indent=1, default=str), encoding="utf-8"
