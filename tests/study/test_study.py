@@ -262,3 +262,5 @@ def test_lesion_vs_organ_is_paired_on_every_patient_and_never_on_sampled_tissue(
     scores = {r["patient_id"]: r["score"] for r in a}
     assert scores["1"] == 0.9  # the sampled 0.99 never counts
     assert scores["2"] == scores["3"] < 0.9  # nothing marked: negative by reading
+    a, _ = paired_rows(lesion, lesion, "lesion")  # lesion level: the reader's mark only
+    assert [r["finding_id"] for r in a] == ["M1"]
