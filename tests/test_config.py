@@ -167,3 +167,14 @@ def test_a_saved_run_config_with_leftover_method_keys_reads_back(tmp_path: Path)
         RunConfig.load(path)  # the same file given as a user's configuration is refused
     with pytest.raises(ConfigError, match="finetune.lora_r"):
         RunConfig.load(path, ["finetune.lora_r=4"], saved=True)  # an override is still checked
+
+
+def test_local_work_is_steps_by_default_and_epochs_only_when_asked():
+    assert (RunConfig().train.steps, RunConfig().train.epochs) == (20, 0)
+    assert RunConfig.load(None, ["train.epochs=2"]).train.epochs == 2
+    with pytest.raises(ConfigError, match="train.epochs and train.steps"):
+        RunConfig.load(None, ["train.epochs=2", "train.steps=5"])
+    with pytest.raises(ConfigError, match="train.schedule"):
+        RunConfig.load(None, ["train.schedule=linear"])
+    with pytest.raises(ConfigError, match="train.sampled_weight"):
+        RunConfig.load(None, ["train.sampled_weight=2"])

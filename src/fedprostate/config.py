@@ -37,6 +37,7 @@ METHODS = ("full", "linear", "adapter", "lora", "ffa-lora")
 PARTITIONS = ("natural", "iid", "dirichlet", "loso")
 STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox")
 THRESHOLD_RULES = ("youden", "sens90")
+SCHEDULES = ("constant", "cosine")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 # Where a finding comes from (data/study.py explains each). Headline metrics count what a reader
 # marked or the label-free rule proposed (organ slices in organ mode); "sampled" normal tissue is
@@ -154,8 +155,10 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 1  # local epochs per round
-    steps: int = 0  # > 0: this many local steps per round instead of epochs
+    # Local work per round: `steps` (the default unit: a site's cost does not grow with its
+    # size), or `epochs` over the site's data when > 0 (then `steps` is not used).
+    epochs: int = 0
+    steps: int = 20
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 32
@@ -164,9 +167,17 @@ class TrainConfig:
     prox_mu: float = 0.0  # FedProx proximal term (0 = off)
     threads: int = 0  # torch threads per training process (0 = leave torch's default)
     device: str = "cpu"
+    # Sampled normal tissue (source "sampled") as extra training negatives: loss weight of each
+    # such crop relative to a finding (0 = not trained on; never in any metric either way).
+    sampled_weight: float = 1.0
+    schedule: str = "constant"  # learning rate over rounds: constant | cosine (after warm-up)
+    warmup_rounds: int = 0  # linear warm-up of the learning rate over the first rounds
 
     def __post_init__(self) -> None:
         _check("train.lr", self.lr, self.lr > 0, "> 0")
+        _check("train.sampled_weight", self.sampled_weight, 0 <= self.sampled_weight <= 1, "[0, 1]")
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _check("train.warmup_rounds", self.warmup_rounds, self.warmup_rounds >= 0, ">= 0")
         _check("train.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _check("train.epochs", self.epochs, self.epochs >= 0, ">= 0")
         _check("train.steps", self.steps, self.steps >= 0, ">= 0")
@@ -196,6 +207,9 @@ class FLConfig:
     round_timeout: float = 3600.0
     eval_every: int = 1  # server-side benchmark test each k rounds (simulation only)
     client_cpus: float = 1.0  # Ray resources per simulated client
+    # Early stopping on validation: stop after this many scored rounds without a better
+    # validation AUROC (0 = run every round). Test data never enters the decision.
+    patience: int = 0
 
     def __post_init__(self) -> None:
         _choice("fl.strategy", self.strategy, STRATEGIES)
@@ -221,6 +235,7 @@ class FLConfig:
         _check("fl.round_timeout", self.round_timeout, self.round_timeout > 0, "> 0 seconds")
         _check("fl.eval_every", self.eval_every, self.eval_every >= 1, ">= 1")
         _check("fl.client_cpus", self.client_cpus, self.client_cpus > 0, "> 0")
+        _check("fl.patience", self.patience, self.patience >= 0, ">= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -379,6 +394,11 @@ def _check_combinations(cfg: RunConfig, given: set[str]) -> None:
             if f"finetune.{k}" in given and getattr(cfg.finetune, k) != getattr(default, k)
         ]
 
+    if "train.epochs" in given and "train.steps" in given and cfg.train.epochs > 0:
+        raise ConfigError(
+            "train.epochs and train.steps both set: local work per round is one or the other "
+            "(epochs > 0 wins); remove one"
+        )
     ignored = []
     if method not in ("lora", "ffa-lora"):
         ignored += changed(LORA_KEYS)

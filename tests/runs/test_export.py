@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 
 from fedprostate.data.cache import CropDataset, load_index
 from fedprostate.engine.setup import build_model, load_communicated
+from fedprostate.eval.calibration import apply_temperature
 from fedprostate.eval.metrics import choose_threshold
 from fedprostate.models.backbones import create_backbone, input_conv_key
 from fedprostate.models.bundle import BundleError, load_bundle
@@ -73,10 +74,15 @@ def test_bundle_metadata_threshold_hash_and_card(lora):
     assert not any("lora" in k for k in model.state_dict())  # merged: plain timm keys
     assert meta["arch"] == "swin_test" and meta["crop"] == 32 and meta["spacing"] == 0.5
     assert meta["channels"] == ["t2w", "adc", "hbv"]
-    val = predictions.read(run / "predictions_val_best.csv")
-    expected = choose_threshold([r["label"] for r in val], [r["score"] for r in val], "youden")
-    assert meta["threshold"] == pytest.approx(expected)
+    # the threshold: Youden on the validation findings, after the run's temperature (fitted on
+    # validation) — never on test, never on sampled tissue
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    temperature = summary["calibration"]["temperature"]
+    assert meta["temperature"] == pytest.approx(temperature) and temperature != 1.0
+    val = [r for r in predictions.read(run / "predictions_val_best.csv") if r["source"] == "reader"]
+    calibrated = apply_temperature([r["score"] for r in val], temperature)
+    expected = choose_threshold([r["label"] for r in val], calibrated, "youden")
+    assert meta["threshold"] == pytest.approx(expected)
     assert meta["foundation_sha256"] == summary["foundation_sha256"]
     card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Not for clinical use" in card and "siteA" in card

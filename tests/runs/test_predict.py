@@ -15,6 +15,7 @@ from fedprostate.data.cache import CropDataset, load_index
 from fedprostate.data.prepare import prepare
 from fedprostate.engine.loop import predict_scores
 from fedprostate.engine.setup import build_model, load_communicated
+from fedprostate.eval.calibration import apply_temperature
 from fedprostate.runs.export import export_run
 from fedprostate.runs.pooled import centralize
 from fl_fixtures import tiny_config
@@ -42,13 +43,17 @@ def trained(tmp_path_factory):
 
 
 def _cache_scores(root: Path, cfg, patient: str) -> dict[str, float]:
-    """What evaluation computes: the run's model on the cached (float16) crops of one patient."""
+    """What evaluation computes: the run's model on the cached (float16) crops of one patient,
+    calibrated with the run's validation-fitted temperature (as the bundle is)."""
     from safetensors.numpy import load_file
 
     bundle = build_model(cfg, fresh=True)
     load_communicated(bundle.ft, load_file(str(root / "run" / "model.safetensors")))
     rows = [r for r in load_index(root / "cache") if r["patient_id"] == patient]
     scores, _ = predict_scores(bundle.ft.model, CropDataset(root / "cache", rows))
+    summary = json.loads((root / "run" / "summary.json").read_text(encoding="utf-8"))
+    temperature = (summary.get("calibration") or {}).get("temperature", 1.0)
+    scores = apply_temperature(scores, temperature)
     return {r["finding_id"]: float(s) for r, s in zip(rows, scores, strict=True)}
 
 

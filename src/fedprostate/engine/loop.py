@@ -33,11 +33,50 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
-def class_weights(labels: np.ndarray, num_classes: int = 2) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1; a class absent locally gets weight 1."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+def class_weights(
+    labels: np.ndarray, num_classes: int = 2, sample_weights: np.ndarray | None = None
+) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1; a class absent locally gets weight 1.
+    With ``sample_weights`` a sample counts as its weight."""
+    counts = np.bincount(labels, weights=sample_weights, minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 1.0)
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def sample_weights(dataset: Dataset, sampled_weight: float) -> np.ndarray:
+    """Loss weight of every item: 1 for findings, ``sampled_weight`` for sampled tissue."""
+    rows = getattr(dataset, "rows", None)
+    if rows is None:
+        return np.ones(len(dataset), dtype=np.float32)
+    return np.array(
+        [sampled_weight if r.get("source") in APART_SOURCES else 1.0 for r in rows],
+        dtype=np.float32,
+    )
+
+
+class _Weighted(Dataset):
+    """(x, y, w) items: the dataset's items with their loss weight."""
+
+    def __init__(self, dataset: Dataset, weights: np.ndarray):
+        self.dataset, self.weights = dataset, torch.from_numpy(weights)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return x, y, self.weights[i]
+
+
+def lr_scale(cfg: TrainConfig, server_round: int, rounds: int) -> float:
+    """Learning-rate factor of a round (1-based): linear warm-up, then constant or cosine
+    decay to 5 % at the last round (``train.schedule``, ``train.warmup_rounds``)."""
+    if cfg.warmup_rounds and server_round <= cfg.warmup_rounds:
+        return server_round / (cfg.warmup_rounds + 1)
+    if cfg.schedule == "constant" or rounds <= cfg.warmup_rounds + 1:
+        return 1.0
+    progress = (server_round - cfg.warmup_rounds - 1) / (rounds - cfg.warmup_rounds - 1)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -88,53 +127,65 @@ def train_local(
     teacher: nn.Module | None = None,
     kd_temperature: float = 2.0,
     kd_alpha: float = 0.5,
+    lr_scale: float = 1.0,
 ) -> TrainResult:
-    """Train ``model``'s trainable parameters on ``dataset`` for cfg.epochs (or cfg.steps).
+    """Train ``model``'s trainable parameters on ``dataset`` for cfg.epochs (> 0) or cfg.steps.
+
+    The learning rate is ``cfg.lr × lr_scale`` (the round's schedule, see :func:`lr_scale`).
+    Sampled normal tissue weighs ``cfg.sampled_weight`` in the loss (0: left out).
 
     ``global_params`` (trainable name → tensor) enables FedProx's proximal term with cfg.prox_mu.
     ``teacher`` enables knowledge distillation: loss = (1 − α)·CE(labels) + α·T²·KL(teacher_T ‖
     student_T), with temperature-softened probabilities (Hinton et al., 2015); teacher frozen.
     """
-    if len(dataset) == 0:
+    weights = sample_weights(dataset, cfg.sampled_weight)
+    if (weights > 0).sum() == 0:
         raise ValueError("train_local: empty training set")
+    if (weights == 0).any():
+        keep = np.flatnonzero(weights > 0)
+        dataset, weights = torch.utils.data.Subset(dataset, keep.tolist()), weights[keep]
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     model.to(device)
     torch.manual_seed(seed)  # dropout inside the model
     gen = torch.Generator().manual_seed(seed)
+    labels = dataset_labels(dataset)
     loader = DataLoader(
-        dataset,
+        _Weighted(dataset, weights),
         batch_size=cfg.batch_size,
         shuffle=True,
         generator=gen,
         drop_last=len(dataset) > cfg.batch_size,
     )
-    labels = dataset_labels(dataset)
-    weight = class_weights(labels).to(device) if cfg.class_weighting else None
-    criterion = nn.CrossEntropyLoss(weight=weight)
+    weight = class_weights(labels, sample_weights=weights) if cfg.class_weighting else None
+    per_class = (weight if weight is not None else torch.ones(2)).to(device)
+    criterion = nn.CrossEntropyLoss(weight=per_class, reduction="none")
     params = _trainable(model)
     if not params:
         raise ValueError("train_local: the model has no trainable parameters")
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for _, p in params], lr=cfg.lr * lr_scale, weight_decay=cfg.weight_decay
+    )
     anchors = None
     if cfg.prox_mu > 0 and global_params is not None:
         anchors = [(p, global_params[n].to(device)) for n, p in params if n in global_params]
 
-    total_steps = cfg.steps if cfg.steps > 0 else cfg.epochs * len(loader)
+    total_steps = cfg.epochs * len(loader) if cfg.epochs > 0 else cfg.steps
     set_train_mode(model)
     losses: list[float] = []
     seen = 0
     step = 0
     while step < total_steps:
-        for x, y in loader:
+        for x, y, w in loader:
             if step >= total_steps:
                 break
-            x, y = x.to(device), y.to(device)
+            x, y, w = x.to(device), y.to(device), w.to(device)
             if cfg.augment:
                 x = augment_batch(x, gen)
             logits = model(x)
-            loss = criterion(logits, y)
+            # the class-weighted mean of torch's CrossEntropyLoss, each sample also weighted
+            loss = (criterion(logits, y) * w).sum() / (per_class[y] * w).sum()
             if teacher is not None:
                 loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(
                     logits, teacher, x, kd_temperature

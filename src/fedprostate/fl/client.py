@@ -20,7 +20,7 @@ from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
 from fedprostate.config import RunConfig, parse_codec
 from fedprostate.engine import setup
-from fedprostate.engine.loop import score_dataset, train_local
+from fedprostate.engine.loop import lr_scale, score_dataset, train_local
 
 log = logging.getLogger("fedprostate.site")
 
@@ -129,6 +129,7 @@ def train_round(
         teacher=setup.teacher_model(cfg),
         kd_temperature=cfg.distill.temperature,
         kd_alpha=cfg.distill.alpha,
+        lr_scale=lr_scale(cfg.train, server_round, cfg.fl.rounds),
     )
     _save_state(site, "local", server_round, setup.local_state(ft))
 

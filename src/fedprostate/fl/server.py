@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
+from safetensors.numpy import load_file as load_numpy
 
 from fedprostate.config import RunConfig
 from fedprostate.engine import setup
 from fedprostate.engine.loop import score_dataset
+from fedprostate.engine.selection import BestOnValidation, EarlyStop
+from fedprostate.eval.calibration import calibration_report
 from fedprostate.fl import wire
 from fedprostate.fl.strategies import make_strategy
 from fedprostate.records import predictions
@@ -31,13 +34,18 @@ log = logging.getLogger("fedprostate.server")
 class BenchmarkScorer:
     """Server-side scoring of pooled val/test splits (simulation only); remembers the best round."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, history: list[dict] | None = None):
         self.cfg = cfg
         self.sets = {split: setup.pooled_dataset(cfg, split) for split in ("val", "test")}
         self.best: dict | None = None
         self.last: dict | None = None
+        self.chooser = BestOnValidation(cfg.fl.patience)
+        for entry in history or []:  # a resumed run continues the same choice and patience
+            if "val" in entry:
+                self.chooser.offer(entry["round"], entry["val"]["auroc"])
 
-    def score(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict:
+    def evaluate(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict:
+        """Metrics (headline rows) and predictions (every row) of one round's model."""
         bundle = setup.build_model(self.cfg)
         setup.load_communicated(bundle.ft, arrays)
         setup.set_local_state(bundle.ft, bundle.initial_local)
@@ -45,16 +53,14 @@ class BenchmarkScorer:
         for split, ds in self.sets.items():
             out[split], scores = score_dataset(bundle.ft.model, ds)
             preds[split] = predictions.from_index(ds.rows, scores, server_round)
-        entry = {"round": server_round, "metrics": out, "predictions": preds}
+        return {"round": server_round, "metrics": out, "predictions": preds}
+
+    def score(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict:
+        entry = self.evaluate(server_round, arrays)
         self.last = entry
-        if server_round == 0:  # the untrained starting point is scored, never chosen
-            return out
-        val = out["val"]["auroc"]
-        if self.best is None or (
-            np.isfinite(val) and not val <= self.best["metrics"]["val"]["auroc"]
-        ):
+        if self.chooser.offer(server_round, entry["metrics"]["val"]["auroc"]):  # never round 0
             self.best = entry
-        return out
+        return entry["metrics"]
 
 
 def run_server(grid, cfg: RunConfig) -> dict:
@@ -81,7 +87,7 @@ def run_server(grid, cfg: RunConfig) -> dict:
         recorder.metrics_path.unlink(missing_ok=True)
     recorder.write_config(cfg.to_toml())
     strategy.attach(shapes, cfg.compress.downlink, cfg.seed, bundle.foundation_sha256, offset)
-    scorer = BenchmarkScorer(cfg) if simulation else None
+    scorer = BenchmarkScorer(cfg, recorder.read_rounds()) if simulation else None
 
     def evaluate_fn(server_round: int, record) -> MetricRecord | None:
         current = server_round + offset
@@ -103,6 +109,8 @@ def run_server(grid, cfg: RunConfig) -> dict:
                 "wall_s": time.time() - t0 + wall_before,
             }
             recorder.save_checkpoint(Checkpoint(current, tensors, strategy.optimizer_state(), meta))
+            if scorer is not None and scorer.chooser.should_stop and current < cfg.fl.rounds:
+                raise EarlyStop(current, scorer.chooser.best_round)
         if "val" in entry:
             return MetricRecord(
                 {
@@ -116,21 +124,29 @@ def run_server(grid, cfg: RunConfig) -> dict:
 
     remaining = cfg.fl.rounds - offset
     final = arrays
+    stopped = None
     if remaining > 0:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=wire.to_record(arrays),
-            num_rounds=remaining,
-            timeout=cfg.fl.round_timeout,
-            train_config=ConfigRecord({"phase": "train"}),
-            evaluate_config=ConfigRecord({"split": "val"}),
-            evaluate_fn=evaluate_fn,
-        )
-        final = wire.from_record(result.arrays) if result.arrays is not None else arrays
+        try:
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=wire.to_record(arrays),
+                num_rounds=remaining,
+                timeout=cfg.fl.round_timeout,
+                train_config=ConfigRecord({"phase": "train"}),
+                evaluate_config=ConfigRecord({"split": "val"}),
+                evaluate_fn=evaluate_fn,
+            )
+            final = wire.from_record(result.arrays) if result.arrays is not None else arrays
+        except EarlyStop as stop:
+            log.info("%s", stop)
+            stopped = {"round": stop.round, "best_round": stop.best_round}
+            final = recorder.latest_checkpoint(keep_strategy_state=False).arrays
     recorder.write_model(final)
     if scorer is not None:
         _rescore_best_if_earlier(scorer, recorder)
     summary = summarize(cfg, recorder, scorer, bundle, time.time() - t0 + wall_before)
+    if stopped is not None:
+        summary["stopped_early"] = stopped
     recorder.write_summary(summary)
     return summary
 
@@ -181,6 +197,9 @@ def summarize(
                 "test_auroc": best["metrics"]["test"]["auroc"],
                 "test_ap": best["metrics"]["test"]["ap"],
                 "last_round_test_auroc": last["metrics"]["test"]["auroc"],
+                "calibration": calibration_report(
+                    best["predictions"]["val"], best["predictions"]["test"]
+                ),
             }
         )
         for tag, entry in (("best", best), ("last", last)):
@@ -191,21 +210,11 @@ def summarize(
 
 def _rescore_best_if_earlier(scorer: BenchmarkScorer, recorder: RunRecorder) -> None:
     """After a resume the best round may predate this process: score its checkpoint again."""
-    scored = [e for e in recorder.read_rounds() if "val" in e and e["round"] > 0]
-    if not scored:
+    best_round = scorer.chooser.best_round
+    if best_round is None or (scorer.best is not None and scorer.best["round"] == best_round):
         return
-    aurocs = [e["val"]["auroc"] if np.isfinite(e["val"]["auroc"]) else -1.0 for e in scored]
-    best_round = scored[int(np.argmax(aurocs))]["round"]
-    if scorer.best is not None and scorer.best["round"] == best_round:
-        return
-    from safetensors.numpy import load_file
-
-    last = scorer.last
-    scorer.best = None
-    scorer.score(
-        best_round, load_file(str(recorder.ckpt_dir / f"round_{best_round:04d}.safetensors"))
-    )
-    scorer.last = last
+    path = recorder.ckpt_dir / f"round_{best_round:04d}.safetensors"
+    scorer.best = scorer.evaluate(best_round, load_numpy(str(path)))
 
 
 def _from_random_state(state: tuple) -> list:

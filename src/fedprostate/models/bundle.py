@@ -94,13 +94,17 @@ def load_bundle(path: str | Path, verify: bool = True) -> tuple[nn.Module, dict]
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """csPCa probabilities (softmax class 1) of crops [N, C, H, W] (float32)."""
+def predict_proba(
+    model: nn.Module, crops: np.ndarray, batch_size: int = 64, temperature: float = 1.0
+) -> np.ndarray:
+    """csPCa probabilities (softmax class 1 of logits / ``temperature``, the bundle's
+    validation-fitted calibration) of crops [N, C, H, W] (float32)."""
     model.eval()
     out = []
     for start in range(0, len(crops), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(crops[start : start + batch_size], np.float32))
-        out.append(torch.softmax(model(x).float(), dim=1)[:, 1].numpy())
+        logits = model(x).float() / float(temperature)
+        out.append(torch.softmax(logits, dim=1)[:, 1].numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

@@ -29,7 +29,8 @@ from fedprostate.config import RunConfig
 from fedprostate.data.cache import load_index, load_meta
 from fedprostate.data.preprocess import ADC_SCALE, CLIP
 from fedprostate.engine import setup
-from fedprostate.eval.metrics import choose_threshold, evaluate_predictions
+from fedprostate.eval.calibration import apply_temperature
+from fedprostate.eval.metrics import choose_threshold, evaluate_predictions, headline
 from fedprostate.models.bundle import (
     BUNDLE_JSON,
     BUNDLE_VERSION,
@@ -56,6 +57,13 @@ def _read_predictions(path: Path) -> list[dict]:
         return predictions.read(path)
     except predictions.PredictionsError as exc:
         raise ExportError(str(exc)) from None
+
+
+def _calibrated(rows: list[dict], temperature: float) -> list[dict]:
+    if temperature == 1.0:
+        return rows
+    scores = apply_temperature([r["score"] for r in rows], temperature)
+    return [{**r, "score": float(s)} for r, s in zip(rows, scores, strict=True)]
 
 
 def _best_weights(run: Path, summary: dict) -> tuple[dict[str, np.ndarray], str]:
@@ -157,14 +165,17 @@ def export_run(
     run, out = Path(run_dir), Path(out)
     cfg, ft, foundation_sha, source, summary = load_run_model(run)
     cache_meta = load_meta(cfg.data.cache)
-    val_rows = _read_predictions(run / "predictions_val_best.csv")
-    test_rows = _read_predictions(run / "predictions_test_best.csv")
-    val_labels = [r["label"] for r in val_rows]
+    # the run's temperature (fitted on validation) calibrates every probability the bundle gives
+    temperature = float((summary.get("calibration") or {}).get("temperature", 1.0))
+    val_rows = _calibrated(_read_predictions(run / "predictions_val_best.csv"), temperature)
+    test_rows = _calibrated(_read_predictions(run / "predictions_test_best.csv"), temperature)
+    val_scored = headline(val_rows)
+    val_labels = [r["label"] for r in val_scored]
     if 0 < sum(val_labels) < len(val_labels):
         threshold = choose_threshold(
-            val_labels, [r["score"] for r in val_rows], cfg.eval.threshold_rule
+            val_labels, [r["score"] for r in val_scored], cfg.eval.threshold_rule
         )
-        rule = f"{cfg.eval.threshold_rule} on predictions_val_best.csv"
+        rule = f"{cfg.eval.threshold_rule} on the validation findings (predictions_val_best.csv)"
     else:
         threshold, rule = 0.5, "fixed 0.5 (validation findings of one class only)"
     metrics = evaluate_predictions(
@@ -188,6 +199,7 @@ def export_run(
         "output": "softmax(logits)[:, 1] = csPCa probability",
         "threshold": threshold,
         "threshold_rule": rule,
+        "temperature": temperature,
         "finetune_method": cfg.finetune.method,
         **inference_structure(cfg.finetune),
         "local_tensors_from_run": not ft.local,

@@ -16,7 +16,9 @@ import numpy as np
 from fedprostate.config import RunConfig
 from fedprostate.data.cache import CropDataset
 from fedprostate.engine import setup
-from fedprostate.engine.loop import score_dataset, score_metrics, train_local
+from fedprostate.engine.loop import lr_scale, score_dataset, score_metrics, train_local
+from fedprostate.engine.selection import BestOnValidation
+from fedprostate.eval.calibration import calibration_report
 from fedprostate.eval.metrics import headline
 from fedprostate.records import predictions
 from fedprostate.records.run_folder import RunRecorder
@@ -36,6 +38,7 @@ def _fit(
     bundle = setup.build_model(cfg, fresh=True)
     model = bundle.ft.model
     best: dict | None = None
+    chooser = BestOnValidation(cfg.fl.patience)
     for r in range(1, cfg.fl.rounds + 1):
         result = train_local(
             model,
@@ -45,6 +48,7 @@ def _fit(
             teacher=setup.teacher_model(cfg),
             kd_temperature=cfg.distill.temperature,
             kd_alpha=cfg.distill.alpha,
+            lr_scale=lr_scale(cfg.train, r, cfg.fl.rounds),
         )
         entry: dict = {"round": r, "client": name, "train_loss": result.loss}
         preds = {}
@@ -53,11 +57,12 @@ def _fit(
             preds[split] = predictions.from_index(ds.rows, scores, r)
         if recorder is not None:
             recorder.append_round(entry)
-        val = entry["val"]["auroc"]
-        if best is None or (np.isfinite(val) and not val <= best["val"]["auroc"]):
+        if chooser.offer(r, entry["val"]["auroc"]):
             best = {**entry, "predictions": preds, "arrays": setup.communicated_numpy(bundle.ft)}
         last = {**entry, "predictions": preds}
-    return {"best": best, "last": last, "bundle": bundle}
+        if chooser.should_stop:
+            break
+    return {"best": best, "last": last, "bundle": bundle, "rounds_run": r}
 
 
 def _prepare(cfg: RunConfig, out: str | Path) -> tuple[RunConfig, RunRecorder]:
@@ -145,6 +150,7 @@ def _summary(
         "test_auroc": best["test"]["auroc"],
         "test_ap": best["test"]["ap"],
         "last_round_test_auroc": last["test"]["auroc"],
+        "calibration": calibration_report(best["predictions"]["val"], best["predictions"]["test"]),
         "uplink_mb_per_client_round": 0.0,
     }
 

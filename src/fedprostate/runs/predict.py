@@ -50,7 +50,7 @@ def predict_studies(model, meta: dict, studies: list[Study]) -> dict:
     rows, patients = [], []
     for study in studies:
         arrays, crops = study_findings_crops(study, meta)
-        scores = predict_proba(model, arrays)
+        scores = predict_proba(model, arrays, temperature=float(meta.get("temperature", 1.0)))
         where = {f.finding_id: f.world_mm for f in study.findings}
         for c, s in zip(crops, scores, strict=True):
             x, y, z = where.get(c.finding_id, ("", "", ""))
