@@ -50,6 +50,12 @@ def data_prepare(
     negatives: int = typer.Option(
         2, "--negatives", help="Sampled negatives per study (PI-CAI, Prostate158)."
     ),
+    resample_masks: bool = typer.Option(
+        False,
+        "--resample-masks",
+        help="Resample masks whose grid matches neither the T2 nor the ADC grid (default: "
+        "reject the study).",
+    ),
 ) -> None:
     """Read raw studies, crop them and write the per-site crop cache."""
     from fedprostate.data.formats.base import DataFormatError
@@ -70,6 +76,7 @@ def data_prepare(
             strict=strict,
             labels=labels,
             negatives=negatives,
+            resample_masks=resample_masks,
             console=console,
         )
     except StudyError as exc:
@@ -86,7 +93,7 @@ def data_prepare(
     console.print(
         f"{report.format}: {report.listed} studies listed, {report.kept} kept, "
         f"{report.rejected} rejected (rejected.csv); {report.crops} crops "
-        f"({report.positives} positive) in {report.seconds:.1f} s "
+        f"({report.positives} positive, {report.dropped_crops} dropped) in {report.seconds:.1f} s "
         f"({report.studies_per_s:.1f} studies/s) -> {out}",
         highlight=False,
     )

@@ -33,6 +33,7 @@ class PrepareReport:
     kept: int = 0
     rejected: int = 0
     crops: int = 0
+    dropped_crops: int = 0  # optional crops (sampled negatives, organ slices) failing crop checks
     positives: int = 0
     seconds: float = 0.0
     per_site: dict[str, int] = field(default_factory=dict)  # site -> crops
@@ -86,6 +87,7 @@ def prepare(
     strict: bool = False,
     labels: str = "human_expert/resampled",
     negatives: int = 2,
+    resample_masks: bool = False,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     progress: bool = True,
     console=None,
@@ -125,7 +127,12 @@ def prepare(
         task = bar.add_task(f"prepare {fmt} ({mode})", total=len(refs))
         for ref in refs:
             try:
-                study = load_study(ref, seed=seed, negatives=negatives if mode == "lesion" else 0)
+                study = load_study(
+                    ref,
+                    seed=seed,
+                    negatives=negatives if mode == "lesion" else 0,
+                    resample_masks=resample_masks,
+                )
                 earlier = duplicates.check(study)
                 if earlier:
                     raise StudyError(
@@ -133,11 +140,20 @@ def prepare(
                         f"duplicate of {earlier} (same T2 image fingerprint)",
                         study.source_paths.get("t2w"),
                     )
-                crops = study_crops(study, fit_normalization(study), spec)
+                dropped: list[str] = []
+                crops = study_crops(study, fit_normalization(study), spec, dropped)
             except Exception as exc:  # every per-study failure is recorded, never fatal
                 reject(_as_study_error(ref, exc), ref.study_id)
                 bar.advance(task)
                 continue
+            if dropped:
+                report.dropped_crops += len(dropped)
+                console.print(
+                    f"[yellow]dropped[/yellow] {len(dropped)} crop(s) of patient "
+                    f"{study.patient_id}: {dropped[0]}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             for row, c in zip(_rows_for(study, crops), crops, strict=True):
                 row["row"] = len(arrays[study.site])
                 arrays[study.site].append(c.array)
@@ -162,6 +178,7 @@ def prepare(
         "sites": sorted(arrays),
         "format": fmt,
         "labels": labels,
+        "resample_masks": resample_masks,
         "negatives_per_study": negatives if mode == "lesion" else 0,
         "fractions": list(fractions),
         "src": str(Path(src).resolve()),
@@ -170,6 +187,7 @@ def prepare(
             "kept": report.kept,
             "rejected": report.rejected,
             "crops": len(rows),
+            "dropped_crops": report.dropped_crops,
         },
     }
     write_cache(out, meta, rows, {s: np.stack(a) for s, a in arrays.items()})
