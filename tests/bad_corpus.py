@@ -215,7 +215,8 @@ def markdown_table(outcomes: list[Outcome]) -> str:
         kept = o.silently_kept or not o.flagged
         got = "crashed" if o.crashed else ("kept" if kept else "rejected")
         got += "" if o.ok else " ✗"
-        lines.append(f"| {c.name} | {c.fmt} | {c.what} | {want} | {got} |")
+        cells = (c.name, c.fmt, c.what, want, got)
+        lines.append("| " + " | ".join(t.replace("|", "\\|") for t in cells) + " |")
     counts = summary(outcomes)
     lines += ["", "| " + " | ".join(counts) + " |", "|" + "---|" * len(counts)]
     lines.append("| " + " | ".join(str(v) for v in counts.values()) + " |")

@@ -230,7 +230,7 @@ def _coarse_gland(root: Path) -> None:
 
 GENERIC_CASES = [
     Case("generic_finding_outside", "generic", "finding 200 mm outside the volume", _g2("z", lambda z: str(float(z) + 200)), "g2", ("lies outside the T2 volume",)),
-    Case("generic_crop_out_of_view", "generic", "finding at the T2 corner (crop 75% outside)", _to_corner, "g2", ("crop of finding F1", "outside the t2w field of view")),
+    Case("generic_crop_out_of_view", "generic", "finding at the T2 corner (crop mostly outside)", _to_corner, "g2", ("crop of finding F1", "outside the t2w field of view")),
     Case("generic_gland_shifted", "generic", "gland mask shifted 15 mm", at(Path("g2/gland.nii.gz"), shift_origin, (15.0, 0, 0)), "g2", ("gland mask grid does not match the T2 grid",)),
     Case("generic_formula_site", "generic", "site `=1+2`", _g2("site", lambda _: "=1+2"), "g2", ("site '=1+2' is not a valid identifier",)),
     Case("generic_non_utf8_row", "generic", "non-UTF-8 byte in a row", at(GENERIC, put_byte, "g2,", "TZ"), "g2", ("non-UTF-8 byte 0xe9",)),

@@ -183,7 +183,7 @@ def read_series(files: list[str], pid: str, seq: str) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
-    reader.LoadPrivateTagsOn()  # vendor b-value tags
+    reader.SetLoadPrivateTags(seq == "hbv")  # vendor b-value tags
     reader.SetSpacingWarningRelThreshold(SPACING_TOLERANCE)
     failure = None
     with native_messages() as messages:
