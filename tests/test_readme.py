@@ -51,6 +51,7 @@ BENCH_KNOBS = {
     "compression.py": ["--sites", "2", "--patients", "40", "--arch", "swin_test", "--crop", "32",
                        "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
     "pretrain_vs_scratch.py": ["--rounds", "1"],
+    "bad_input_corpus.py": [],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 

@@ -106,7 +106,7 @@ def _rows(y, s, patients):
             "site": "S",
             "patient_id": str(p),
             "finding_id": f"f{i}",
-            "source": "biopsied",
+            "source": "reader",
             "label": int(a),
             "score": float(b),
         }

@@ -31,7 +31,7 @@ def predictions():
     p = 1 / (1 + np.exp(-(rng.normal(size=200) + 2 * y - 1)))
     rows = [
         {"site": f"S{i % 3}", "patient_id": str(i // 2), "finding_id": f"f{i}",
-         "source": "biopsied", "label": int(a), "score": float(b)}
+         "source": "reader", "label": int(a), "score": float(b)}
         for i, (a, b) in enumerate(zip(y, p, strict=True))
     ]  # fmt: skip
     return y, p, rows

@@ -19,7 +19,7 @@ from fedprostate.eval.calibration import apply_temperature
 from fedprostate.runs.export import export_run
 from fedprostate.runs.pooled import centralize
 from fl_fixtures import tiny_config
-from mri_fixtures import picai_phantoms, write_picai
+from mri_fixtures import CENTRE, Phantom, picai_phantoms, write_generic, write_picai
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -120,6 +120,49 @@ def test_predict_unreadable_study_exits_2_naming_the_file(trained, tmp_path):
     proc = _cli("predict", "--model", str(root / "bundle"), "--study", str(good))
     assert proc.returncode == 2
     assert "--findings" in proc.stdout + proc.stderr
+
+
+def _generic_root(path: Path, names: list[str]) -> Path:
+    """A generic-CSV dataset: g1 (lesion), g2 (benign finding), g3 (a row without finding),
+    g4 (benign finding, T2 truncated); only the studies in ``names``."""
+    everyone = {
+        "g1": Phantom("g1", "s1", "hospA", lesions=[(tuple(CENTRE + [2.0, 2.0, 0]), 4.0, 3)]),
+        "g2": Phantom("g2", "s2", "hospB", benign=[(tuple(CENTRE - 5.0), "TZ")], seed=2),
+        "g3": Phantom("g3", "s3", "hospB", seed=3),
+        "g4": Phantom("g4", "s4", "hospA", benign=[(tuple(CENTRE - 5.0), "TZ")], seed=4),
+    }
+    root = write_generic(path, [everyone[n] for n in names])
+    if "g3" in names:  # a study listed without a finding (organ mode only)
+        with (root / "findings.csv").open("a", newline="", encoding="utf-8") as fh:
+            paths = [f"g3/{s}.nii.gz" for s in ("t2w", "adc", "hbv")]
+            csv.writer(fh).writerow(["g3", "s3", "hospB", *paths, "", "", "", "0", "", "", ""])
+    if "g4" in names:
+        t2 = root / "g4" / "t2w.nii.gz"
+        t2.write_bytes(t2.read_bytes()[: t2.stat().st_size // 2])
+    return root
+
+
+def test_predict_over_a_dataset_root_skips_studies_it_cannot_score(trained, tmp_path):
+    """No finding or unreadable: listed as skipped, the rest scored, exit 0; exit 2 only when
+    nothing at all could be scored."""
+    root, _, _ = trained
+    raw = _generic_root(tmp_path / "gen", ["g1", "g2", "g3", "g4"])
+    out = tmp_path / "pred"
+    proc = _cli("predict", "--model", str(root / "bundle"), "--study", str(raw), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    result = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert {p["patient_id"] for p in result["patients"]} == {"g1", "g2"}
+    skipped = {s["patient_id"]: s["reason"] for s in result["skipped"]}
+    assert set(skipped) == {"g3", "g4"}
+    assert "no findings to score" in skipped["g3"]
+    assert "corrupt or truncated t2w image" in skipped["g4"]
+    assert "skipped patient g3" in proc.stderr and "skipped patient g4" in proc.stderr
+    with (out / "skipped.csv").open(encoding="utf-8") as fh:
+        assert {r["patient_id"] for r in csv.DictReader(fh)} == {"g3", "g4"}
+    only_unscorable = _generic_root(tmp_path / "none", ["g3"])
+    proc = _cli("predict", "--model", str(root / "bundle"), "--study", str(only_unscorable))
+    assert proc.returncode == 2
+    assert "nothing could be scored" in proc.stderr and "--findings" in proc.stderr
 
 
 def test_bundle_scores_are_deterministic_probabilities(trained):

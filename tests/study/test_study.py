@@ -201,7 +201,7 @@ def _rows(n_patients: int, scores_for, seed: int = 0) -> list[dict]:
         for f in range(2):
             label = int(rng.random() < 0.4)
             rows.append({"site": "s", "patient_id": str(p), "finding_id": f"f{f}",
-                         "source": "biopsied", "label": label,
+                         "source": "reader", "label": label,
                          "score": scores_for(label, rng)})  # fmt: skip
     return rows
 

@@ -51,7 +51,10 @@ def predict(
     out: Path = typer.Option(None, "--out", "-o", help="Write predictions.json/.csv here."),
     patient: str = typer.Option(None, "--patient", help="Only this patient of a dataset root."),
 ) -> None:
-    """Per-finding csPCa probabilities for a new study (research only, not for clinical use)."""
+    """Per-finding csPCa probabilities for a new study (research only, not for clinical use).
+
+    Over a dataset root, studies that cannot be scored (no finding, unreadable, failing a check)
+    are listed as skipped and the others scored; exit 2 only when nothing could be scored."""
     from fedprostate.data.formats.base import DataFormatError
     from fedprostate.data.study import StudyError
     from fedprostate.models.bundle import BundleError
@@ -61,6 +64,13 @@ def predict(
         result = run_predict(model, study, findings, out, patient)
     except (StudyError, DataFormatError, BundleError, OSError) as exc:
         _fail(exc)
+    for skip in result["skipped"]:
+        err.print(
+            f"skipped patient {skip['patient_id']} ({skip['path']}): {skip['reason']}",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    for note in result["dropped_crops"]:
+        err.print(f"dropped crop of {note}", markup=False, highlight=False, soft_wrap=True)
     if out is None:
         print(json.dumps(result, indent=2))
         return
@@ -76,7 +86,10 @@ def predict(
         console.print(
             f"patient {p['patient_id']} ({p['study_id']}): score {p['patient_score']:.3f}"
         )
-    console.print(f"written to {out}")
+    console.print(
+        f"{len(result['patients'])} studies scored, {len(result['skipped'])} skipped; "
+        f"written to {out}"
+    )
 
 
 @app.command()

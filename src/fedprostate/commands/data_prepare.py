@@ -60,6 +60,12 @@ def data_prepare(
         "CSV (patient_id, study_id, x, y, z [, pirads, isup|label]), 'proposals' (label-free "
         "candidates) or 'auto' (radiology/findings.csv if present, else proposals).",
     ),
+    resample_masks: bool = typer.Option(
+        False,
+        "--resample-masks",
+        help="Resample masks whose grid matches neither the T2 nor the ADC grid (default: "
+        "reject the study).",
+    ),
 ) -> None:
     """Read raw studies, crop them and write the per-site crop cache."""
     from fedprostate.data.formats.base import DataFormatError
@@ -80,6 +86,7 @@ def data_prepare(
             strict=strict,
             labels=labels,
             negatives=negatives,
+            resample_masks=resample_masks,
             console=console,
             findings=findings,
         )
@@ -97,7 +104,7 @@ def data_prepare(
     console.print(
         f"{report.format}: {report.listed} studies listed, {report.kept} kept, "
         f"{report.rejected} rejected (rejected.csv); {report.crops} crops "
-        f"({report.positives} positive) in {report.seconds:.1f} s "
+        f"({report.positives} positive, {report.dropped_crops} dropped) in {report.seconds:.1f} s "
         f"({report.studies_per_s:.1f} studies/s) -> {out}",
         highlight=False,
     )

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from fedprostate.data.study import printable
+from fedprostate.records.csv_cells import safe_cell
+
 INDEX_COLUMNS = (
     "row",
     "site",
@@ -75,7 +78,7 @@ def write_cache(
             writer = csv.DictWriter(fh, fieldnames=INDEX_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: _fmt(r.get(k)) for k in INDEX_COLUMNS})
+                writer.writerow({k: safe_cell(_fmt(r.get(k))) for k in INDEX_COLUMNS})
 
     _atomic(cache_dir / "index.csv", write_index)
     if patients is None:
@@ -86,7 +89,7 @@ def write_cache(
             writer = csv.DictWriter(fh, fieldnames=PATIENT_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for r in patients:
-                writer.writerow({k: _fmt(r.get(k)) for k in PATIENT_COLUMNS})
+                writer.writerow({k: safe_cell(_fmt(r.get(k))) for k in PATIENT_COLUMNS})
 
     _atomic(cache_dir / "patients.csv", write_patients)
     full = {**meta, "version": VERSION}
@@ -115,7 +118,9 @@ def patients_of(rows: list[dict]) -> list[dict]:
 
 
 class RejectedLog:
-    """``rejected.csv``, started fresh per run and appended (flushed) as studies are rejected."""
+    """``rejected.csv``, started fresh per run and appended (flushed) as studies are rejected.
+    Cells are escaped against formula injection (``records.csv_cells``): a rejected id may be
+    ``=cmd|' /C calc'!A0``."""
 
     def __init__(self, cache_dir: str | Path):
         self.path = Path(cache_dir) / "rejected.csv"
@@ -127,7 +132,8 @@ class RejectedLog:
         self, path: str, patient_id: str, study_id: str, reason: str, finding_id: str = ""
     ) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerow([path, patient_id, study_id, finding_id, reason])
+            cells = (path, patient_id, study_id, finding_id, reason)
+            csv.writer(fh).writerow([safe_cell(printable(v)) for v in cells])
 
 
 def load_meta(cache_dir: str | Path) -> dict:

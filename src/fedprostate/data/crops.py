@@ -10,6 +10,12 @@ grid, so a world point lands on the same pixel in every channel whatever the gri
 
 With ``n_slices`` > 1 the neighbouring T2 slices (± slice spacing along the T2 normal) are added:
 channels are slice-major, ``[t2w, adc, hbv]`` for the lowest slice first (``channel_names``).
+
+A crop with more than ``checks.MAX_OUT_OF_VIEW`` of its pixels outside a sequence's field of view,
+or with a constant channel (``checks.crop_problem``), is never zero-filled: a reader / biopsied /
+mask finding's crop rejects the study (its label set would be incomplete); an optional crop (a
+sampled negative, an organ-mode slice, e.g. a gland slice the DWI slab does not reach) is dropped
+and its reason appended to ``dropped``. A study left with no crop is rejected.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
+from fedprostate.data.checks import crop_problem
 from fedprostate.data.preprocess import ADC_SCALE, Normalization, frame, sample
 from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
 
@@ -47,10 +54,24 @@ def channel_names(n_slices: int) -> list[str]:
     return [seq if n_slices == 1 else f"{seq}@{o:+d}" for o in offsets for seq in SEQUENCES]
 
 
+def _checked(study: Study, raw: dict[str, np.ndarray], what: str) -> None:
+    for seq in SEQUENCES:
+        if problem := crop_problem(raw[seq], seq):
+            raise StudyError(
+                study.patient_id, f"{what}: {problem}", study.source_paths.get(seq, "")
+            )
+
+
 def crop_at(
-    study: Study, norm: Normalization, centre_mm, spec: CropSpec, spacing: float | None = None
+    study: Study,
+    norm: Normalization,
+    centre_mm,
+    spec: CropSpec,
+    spacing: float | None = None,
+    what: str = "crop",
 ) -> np.ndarray:
-    """Normalized crop [3·n_slices, H, W] centred on ``centre_mm``."""
+    """Normalized crop [3·n_slices, H, W] centred on ``centre_mm``; StudyError (naming ``what``)
+    when it lies mostly outside a sequence or a channel is constant."""
     ref = frame(
         study.images["t2w"],
         centre_mm,
@@ -58,7 +79,9 @@ def crop_at(
         spacing or spec.spacing,
         spec.n_slices,
     )
-    planes = [norm.apply(seq, sample(study.images[seq], ref)) for seq in SEQUENCES]  # [n,H,W]
+    raw = {seq: sample(study.images[seq], ref) for seq in SEQUENCES}  # [n, H, W], NaN outside
+    _checked(study, raw, what)
+    planes = [norm.apply(seq, raw[seq]) for seq in SEQUENCES]
     stacked = np.stack(planes, axis=1)  # [n, 3, H, W]
     return stacked.reshape(-1, spec.crop, spec.crop)
 
@@ -95,14 +118,31 @@ class Crop:
     pirads: int | None = None  # the radiologist's score of a reader finding
 
 
-def lesion_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]:
-    """One crop per finding; a study without findings (nothing marked) has none."""
-    return [_finding_crop(study, norm, spec, f) for f in study.findings]
+def lesion_crops(
+    study: Study, norm: Normalization, spec: CropSpec, dropped: list[str] | None = None
+) -> list[Crop]:
+    """One crop per finding; a study without findings (nothing marked) has none. A sampled
+    location whose crop fails a check is dropped (and reported in ``dropped``); a reader or
+    proposal finding's failure rejects the study."""
+    out = []
+    for f in study.findings:
+        try:
+            out.append(_finding_crop(study, norm, spec, f))
+        except StudyError as exc:
+            if f.source != "sampled":
+                raise
+            _drop(dropped, exc)
+    return out
+
+
+def _drop(dropped: list[str] | None, exc: StudyError) -> None:
+    if dropped is not None:
+        dropped.append(exc.reason)
 
 
 def _finding_crop(study: Study, norm: Normalization, spec: CropSpec, f: Finding) -> Crop:
     return Crop(
-        array=crop_at(study, norm, f.world_mm, spec),
+        array=crop_at(study, norm, f.world_mm, spec, what=f"crop of finding {f.finding_id}"),
         finding_id=f.finding_id,
         label=int(f.clinsig),
         isup=int(f.isup),
@@ -125,7 +165,9 @@ def organ_box(gland: sitk.Image) -> tuple[list[int], tuple[float, float], float]
     return slices, ((xs[0] + xs[-1]) / 2.0, (ys[0] + ys[-1]) / 2.0), float(side)
 
 
-def organ_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]:
+def organ_crops(
+    study: Study, norm: Normalization, spec: CropSpec, dropped: list[str] | None = None
+) -> list[Crop]:
     gland = study.gland_mask
     if gland is None or not sitk.GetArrayViewFromImage(gland).any():
         raise StudyError(
@@ -154,14 +196,22 @@ def organ_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]
     stack.SetOrigin(corner.GetOrigin())
     stack.SetSpacing(corner.GetSpacing())
     stack.SetDirection(corner.GetDirection())
-    planes = {seq: norm.apply(seq, sample(study.images[seq], stack)) for seq in SEQUENCES}
+    raw = {seq: sample(study.images[seq], stack) for seq in SEQUENCES}
+    planes = {seq: norm.apply(seq, raw[seq]) for seq in SEQUENCES}
     in_gland = sample(gland, stack, nearest=True) > 0
     isup = max((f.isup for f in study.findings if f.clinsig), default=0)
     if not isup and study.lesion_mask is not None and study.case_label:
         isup = int(sitk.GetArrayViewFromImage(study.lesion_mask).max())
-    out = []
+    out, problems = [], []
     for k in slices:
         j = k - slices[0]  # first plane of this crop's window in the stack
+        window = {seq: raw[seq][j : j + spec.n_slices] for seq in SEQUENCES}
+        try:
+            _checked(study, window, f"organ crop of T2 slice {k}")
+        except StudyError as exc:
+            problems.append(exc)
+            _drop(dropped, exc)
+            continue
         array = np.stack([planes[seq][j : j + spec.n_slices] for seq in SEQUENCES], axis=1)
         mask = in_gland[j + half]
         adc = planes["adc"][j + half]
@@ -178,10 +228,24 @@ def organ_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]
                 mean,
             )
         )
+    if not out:
+        raise StudyError(
+            study.patient_id, f"no usable organ crop ({problems[0].reason})", problems[0].path
+        )
     return out
 
 
-def study_crops(study: Study, norm: Normalization, spec: CropSpec) -> list[Crop]:
-    return (
-        lesion_crops(study, norm, spec) if spec.mode == "lesion" else organ_crops(study, norm, spec)
-    )
+def study_crops(
+    study: Study, norm: Normalization, spec: CropSpec, dropped: list[str] | None = None
+) -> list[Crop]:
+    """The study's crops; optional crops that fail the crop checks are dropped (reasons appended
+    to ``dropped``), a finding's that fails them rejects the study."""
+    make = lesion_crops if spec.mode == "lesion" else organ_crops
+    crops = make(study, norm, spec, dropped)
+    if not crops:
+        raise StudyError(
+            study.patient_id,
+            f"no usable crop ({'; '.join(dropped or []) or 'every crop failed the checks'})",
+            study.source_paths.get("t2w"),
+        )
+    return crops

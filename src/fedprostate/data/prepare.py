@@ -35,6 +35,7 @@ class PrepareReport:
     kept: int = 0
     rejected: int = 0
     crops: int = 0
+    dropped_crops: int = 0  # optional crops (sampled negatives, organ slices) failing crop checks
     positives: int = 0
     seconds: float = 0.0
     findings_rejected: int = 0
@@ -109,6 +110,7 @@ def prepare(
     strict: bool = False,
     labels: str = "human_expert/resampled",
     negatives: int = 2,
+    resample_masks: bool = False,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     progress: bool = True,
     console=None,
@@ -166,7 +168,12 @@ def prepare(
         task = bar.add_task(f"prepare {fmt} ({mode})", total=len(refs))
         for ref in refs:
             try:
-                study = load_study(ref, seed=seed, negatives=negatives if mode == "lesion" else 0)
+                study = load_study(
+                    ref,
+                    seed=seed,
+                    negatives=negatives if mode == "lesion" else 0,
+                    resample_masks=resample_masks,
+                )
                 earlier = duplicates.check(study)
                 if earlier:
                     raise StudyError(
@@ -174,7 +181,8 @@ def prepare(
                         f"duplicate of {earlier} (same T2 image fingerprint)",
                         study.source_paths.get("t2w"),
                     )
-                crops = study_crops(study, fit_normalization(study), spec)
+                dropped: list[str] = []
+                crops = study_crops(study, fit_normalization(study), spec, dropped)
             except Exception as exc:  # every per-study failure is recorded, never fatal
                 reject(_as_study_error(ref, exc), ref.study_id)
                 bar.advance(task)
@@ -183,6 +191,14 @@ def prepare(
                 path = study.source_paths.get("findings", "")
                 reject_finding(
                     StudyError(study.patient_id, reason, path), study.study_id, finding_id
+                )
+            if dropped:
+                report.dropped_crops += len(dropped)
+                console.print(
+                    f"[yellow]dropped[/yellow] {len(dropped)} crop(s) of patient "
+                    f"{study.patient_id}: {dropped[0]}",
+                    highlight=False,
+                    soft_wrap=True,
                 )
             for row, c in zip(_rows_for(study, crops), crops, strict=True):
                 row["row"] = len(arrays[study.site])
@@ -210,6 +226,7 @@ def prepare(
         "sites": sorted(arrays),
         "format": fmt,
         "labels": labels,
+        "resample_masks": resample_masks,
         "negatives_per_study": negatives if mode == "lesion" else 0,
         "fractions": list(fractions),
         "src": str(Path(src).resolve()),
@@ -222,6 +239,7 @@ def prepare(
             "crops": len(rows),
             "by_source": dict(sorted(report.by_source.items())),
             "patients_without_findings": sum(p["n_findings"] == 0 for p in patients),
+            "dropped_crops": report.dropped_crops,
         },
     }
     write_cache(out, meta, rows, {s: np.stack(a) for s, a in arrays.items()}, patients)

@@ -13,6 +13,10 @@ Normalization (per study, fitted once, applied to every sample):
   same tissue gives the same number whatever the scanner stored. The unit is detected from the
   median of positive ADC values inside the gland (else the central third of the volume):
   median < 0.05 → mm²/s (×1e6); < 10 → 1e-3 mm²/s (×1e3); otherwise 1e-6 mm²/s (×1).
+
+Fitting also checks the content (``data.checks``): a blank or near-constant T2 / DWI (from the
+same percentiles) or ADC (inside the gland), and a gland median ADC outside the physical range
+after unit detection, reject the study.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
+from fedprostate.data.checks import check_adc_range, check_contrast
 from fedprostate.data.study import SEQUENCES, Study, StudyError
 
 ADC_SCALE = 3000.0  # 1e-6 mm²/s that map to 1.0
@@ -29,8 +34,8 @@ CLIP = (-1.0, 4.0)
 MAX_PERCENTILE_VOXELS = 400_000
 
 
-def detect_adc_factor(adc: sitk.Image, gland: sitk.Image | None = None) -> float:
-    """Factor turning stored ADC values into 1e-6 mm²/s."""
+def adc_sample(adc: sitk.Image, gland: sitk.Image | None = None) -> np.ndarray:
+    """Finite positive ADC values inside the gland (the central third without one)."""
     values = sitk.GetArrayViewFromImage(adc)
     if gland is not None:
         on_adc = sitk.Resample(gland, adc, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -44,10 +49,11 @@ def detect_adc_factor(adc: sitk.Image, gland: sitk.Image | None = None) -> float
             x : values.shape[2] - x or None,
         ]
     sample = np.asarray(sample, dtype=np.float64)
-    sample = sample[np.isfinite(sample) & (sample > 0)]
-    if sample.size == 0:
-        raise ValueError("ADC has no positive values")
-    median = float(np.median(sample))
+    return sample[np.isfinite(sample) & (sample > 0)]
+
+
+def adc_factor(median: float) -> float:
+    """Factor turning stored ADC values with this gland median into 1e-6 mm²/s."""
     if median < 0.05:
         return 1e6
     if median < 10:
@@ -55,12 +61,18 @@ def detect_adc_factor(adc: sitk.Image, gland: sitk.Image | None = None) -> float
     return 1.0
 
 
+def detect_adc_factor(adc: sitk.Image, gland: sitk.Image | None = None) -> float:
+    """Factor turning stored ADC values into 1e-6 mm²/s."""
+    sample = adc_sample(adc, gland)
+    if sample.size == 0:
+        raise ValueError("ADC has no positive values")
+    return adc_factor(float(np.median(sample)))
+
+
 def robust_range(image: sitk.Image, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
     arr = sitk.GetArrayViewFromImage(image).ravel()
     stride = max(1, arr.size // MAX_PERCENTILE_VOXELS)
     lo, hi = np.percentile(np.asarray(arr[::stride], dtype=np.float64), [low, high])
-    if not hi > lo:
-        hi = lo + 1.0
     return float(lo), float(hi)
 
 
@@ -77,7 +89,7 @@ class Normalization:
             out = values * (self.adc_factor / ADC_SCALE)
         else:
             lo, hi = self.t2w_range if seq == "t2w" else self.hbv_range
-            out = (values - lo) / (hi - lo)
+            out = (values - lo) / ((hi - lo) or 1.0)
         out = np.clip(out, *CLIP)
         return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
@@ -86,13 +98,22 @@ class Normalization:
 
 
 def fit_normalization(study: Study) -> Normalization:
-    try:
-        factor = detect_adc_factor(study.images["adc"], study.gland_mask)
-    except ValueError as exc:
-        raise StudyError(study.patient_id, str(exc), study.source_paths.get("adc")) from exc
-    return Normalization(
-        robust_range(study.images["t2w"]), robust_range(study.images["hbv"]), factor
-    )
+    """Per-study normalization; StudyError for blank / near-constant sequences or an ADC outside
+    the physical range (``data.checks``)."""
+    pid, paths = study.patient_id, study.source_paths
+    sample = adc_sample(study.images["adc"], study.gland_mask)
+    if sample.size == 0:
+        raise StudyError(pid, "ADC has no positive values", paths.get("adc"))
+    low, median, high = np.percentile(sample, [1, 50, 99])
+    check_contrast("adc", float(low), float(high), pid, paths.get("adc", ""))
+    factor = adc_factor(float(median))
+    check_adc_range(float(median), factor, pid, paths.get("adc", ""))
+    ranges = {}
+    for seq in ("t2w", "hbv"):
+        lo, hi = robust_range(study.images[seq])
+        check_contrast(seq, lo, hi, pid, paths.get(seq, ""))
+        ranges[seq] = (lo, hi)
+    return Normalization(ranges["t2w"], ranges["hbv"], factor)
 
 
 def describe() -> dict:

@@ -32,7 +32,7 @@ import SimpleITK as sitk  # noqa: N813
 from scipy import ndimage
 
 from fedprostate.data.preprocess import detect_adc_factor, sample
-from fedprostate.data.study import Finding, Study
+from fedprostate.data.study import Finding, Study, StudyError
 
 GRID_MM = 1.5
 SMOOTH_MM = 1.5
@@ -83,7 +83,10 @@ def propose(study: Study, top_k: int = TOP_K) -> list[Finding]:
     grid, inside = _gland_grid(study)
     if inside.sum() < 8:
         return []
-    factor = detect_adc_factor(study.images["adc"], study.gland_mask)
+    try:
+        factor = detect_adc_factor(study.images["adc"], study.gland_mask)
+    except ValueError as exc:  # a blank ADC: the study's own problem, named as such
+        raise StudyError(study.patient_id, str(exc), study.source_paths.get("adc")) from None
     adc = sample(study.images["adc"], grid) * factor
     seen = inside & np.isfinite(adc)
     if seen.sum() < 8:

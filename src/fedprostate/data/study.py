@@ -22,15 +22,32 @@ ZONES = ("PZ", "TZ", "AS", "SV", "unknown")
 # never place one.
 
 
+def printable(text: str) -> str:
+    """``text`` on one line and encodable as UTF-8: control characters and undecodable bytes
+    (read with ``surrogateescape``) become backslash escapes; everything else is kept."""
+    text = str(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        raw = text.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 class StudyError(ValueError):
-    """A study that cannot be used. The message names the file and the patient."""
+    """A study that cannot be used. The message names the file and the patient.
+
+    Identifiers, reasons and paths are kept printable (one line, valid UTF-8) so that a hostile
+    or broken input can neither split the message nor break the ``rejected.csv`` writer."""
 
     def __init__(self, patient_id: str, reason: str, path: str | Path | None = None):
-        self.patient_id = patient_id
-        self.reason = reason
-        self.path = str(path) if path is not None else ""
+        self.patient_id = printable(patient_id)
+        self.reason = printable(reason)
+        self.path = printable(path) if path is not None else ""
         where = f" ({self.path})" if self.path else ""
-        super().__init__(f"patient {patient_id}{where}: {reason}")
+        super().__init__(f"patient {self.patient_id}{where}: {self.reason}")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ or an images folder itself: ``<pid>/<pid>_<sid>_{t2w,adc,hbv}.mha``. Each study 
 exactly as in ``data prepare``; ``per_study`` crop centres are drawn uniformly in the central
 region of the T2 volume (middle 40 % in-plane, middle half of the slices), where the prostate of a
 prostate-centred field of view lies, from a generator seeded by (seed, study key). Studies that
-cannot be read are skipped with a one-line warning.
+cannot be read, and crops that fail the crop checks, are skipped with a one-line warning.
 """
 
 from __future__ import annotations
@@ -70,7 +70,10 @@ def extract_unlabeled_crops(
         for _ in range(per_study):
             index = rng.uniform(low, np.maximum(high, low))
             centre = t2.TransformContinuousIndexToPhysicalPoint(index.tolist())
-            crops.append(crop_at(study, norm, centre, spec))
+            try:
+                crops.append(crop_at(study, norm, centre, spec))
+            except StudyError as exc:  # mostly outside a field of view, or constant
+                log.warning("skipped unlabeled crop: %s", exc)
     if not crops:
         return np.zeros((0, 3, crop, crop), dtype=np.float32)
     return np.stack(crops).astype(np.float32)

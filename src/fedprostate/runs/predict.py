@@ -4,8 +4,12 @@ The inputs (a dataset root, a folder inside one, a bare study folder, a findings
 :func:`fedprostate.data.formats.loose.resolve_studies`. Preprocessing and crops are the training
 code's own (``fit_normalization`` + ``study_crops``). Output: one row per finding (probability,
 call at the bundle's threshold) and one patient score per study = max over its findings.
-Unreadable input raises StudyError / DataFormatError naming the file; the CLI turns them into
-exit code 2.
+
+Over several studies (a dataset root), a study that cannot be read, fails a check or has no
+finding to score is *skipped*: listed under ``skipped`` (patient, study, path, reason) in the
+output and the run goes on. Only when nothing at all could be scored does :func:`predict` raise
+(:class:`NothingScoredError`, a StudyError naming the first reason); the CLI turns that, and input that
+cannot be read as a whole (DataFormatError), into exit code 2.
 """
 
 from __future__ import annotations
@@ -21,35 +25,56 @@ from fedprostate.data.formats.loose import resolve_studies
 from fedprostate.data.preprocess import fit_normalization
 from fedprostate.data.study import Study, StudyError
 from fedprostate.models.bundle import load_bundle, predict_proba
+from fedprostate.records.csv_cells import safe_row
 
 OUTPUT_COLUMNS = (
     "site", "patient_id", "study_id", "finding_id", "source", "zone", "x", "y", "z", "score",
     "positive",
 )  # fmt: skip
+PATIENT_COLUMNS = ("site", "patient_id", "study_id", "patient_score", "positive", "n_findings")
+SKIPPED_COLUMNS = ("patient_id", "study_id", "path", "reason")
+NO_FINDINGS = "no findings to score: give --findings CSV with x, y, z (LPS world mm)"
 
 
-def study_findings_crops(study: Study, meta: dict):
-    """Crops [N, C, H, W] and the Crop records of one study, exactly as ``data prepare``."""
+class NothingScoredError(StudyError):
+    """Every study was skipped: there is no prediction to write."""
+
+
+def study_findings_crops(study: Study, meta: dict, dropped: list[str] | None = None):
+    """Crops [N, C, H, W] and the Crop records of one study, exactly as ``data prepare``
+    (optional crops failing the crop checks are dropped, their reasons appended to ``dropped``)."""
     spec = CropSpec(
         mode=meta["mode"], crop=int(meta["crop"]), spacing=float(meta["spacing"]),
         n_slices=int(meta["n_slices"]),
     )  # fmt: skip
     if spec.mode == "lesion" and not study.findings:
-        raise StudyError(
-            study.patient_id,
-            "no findings to score: give --findings CSV with x, y, z (LPS world mm)",
-            study.source_paths.get("t2w"),
-        )
-    crops = study_crops(study, fit_normalization(study), spec)
+        raise StudyError(study.patient_id, NO_FINDINGS, study.source_paths.get("t2w"))
+    crops = study_crops(study, fit_normalization(study), spec, dropped)
     return np.stack([c.array for c in crops]).astype(np.float32), crops
 
 
-def predict_studies(model, meta: dict, studies: list[Study]) -> dict:
-    """Per-finding probabilities and per-study patient scores (max over findings)."""
+def _skip_row(err: StudyError, study_id: str = "") -> dict:
+    return {"patient_id": err.patient_id, "study_id": study_id, "path": err.path,
+            "reason": err.reason}  # fmt: skip
+
+
+def predict_studies(
+    model, meta: dict, studies: list[Study], skipped: list[StudyError] | None = None
+) -> dict:
+    """Per-finding probabilities and per-study patient scores (max over findings); studies that
+    cannot be scored (and those already in ``skipped``) are listed under ``skipped``."""
     threshold = float(meta.get("threshold", 0.5))
     rows, patients = [], []
+    skips = [_skip_row(err) for err in skipped or []]
+    dropped_notes = []
     for study in studies:
-        arrays, crops = study_findings_crops(study, meta)
+        dropped: list[str] = []
+        try:
+            arrays, crops = study_findings_crops(study, meta, dropped)
+        except StudyError as err:
+            skips.append(_skip_row(err, study.study_id))
+            continue
+        dropped_notes += [f"patient {study.patient_id}: {reason}" for reason in dropped]
         scores = predict_proba(model, arrays, temperature=float(meta.get("temperature", 1.0)))
         where = {f.finding_id: f.world_mm for f in study.findings}
         for c, s in zip(crops, scores, strict=True):
@@ -77,6 +102,8 @@ def predict_studies(model, meta: dict, studies: list[Study]) -> dict:
         "model": model_info | {"intended_use": "research only, not for clinical use"},
         "findings": rows,
         "patients": patients,
+        "skipped": skips,
+        "dropped_crops": dropped_notes,
     }
 
 
@@ -85,15 +112,18 @@ def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "predictions.json", "csv": out / "predictions.csv"}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=OUTPUT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(result["findings"])
     paths["patients_csv"] = out / "patients.csv"
-    with paths["patients_csv"].open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(result["patients"][0]))
-        writer.writeheader()
-        writer.writerows(result["patients"])
+    paths["skipped_csv"] = out / "skipped.csv"
+    tables = (
+        (paths["csv"], OUTPUT_COLUMNS, result["findings"]),
+        (paths["patients_csv"], PATIENT_COLUMNS, result["patients"]),
+        (paths["skipped_csv"], SKIPPED_COLUMNS, result.get("skipped", [])),
+    )
+    for path, columns, table in tables:
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(safe_row(r) for r in table)
     return paths
 
 
@@ -104,17 +134,29 @@ def predict(
     out: str | Path | None = None,
     patient: str | None = None,
 ) -> dict:
-    """Load the bundle, read the studies, score them; write JSON/CSV to ``out`` when given."""
+    """Load the bundle, read the studies, score those that can be; write JSON/CSV to ``out``
+    when given. Raises NothingScoredError when every study was skipped."""
     model, meta = load_bundle(bundle)
     prep = meta.get("preprocessing", {})
+    skipped: list[StudyError] = []
     studies = resolve_studies(
         study,
         findings,
         seed=int(prep.get("seed", 0)),
         negatives=int(prep.get("negatives_per_study", 0)) if meta["mode"] == "lesion" else 0,
         patient=patient,
+        skipped=skipped,
     )
-    result = predict_studies(model, meta, studies)
+    result = predict_studies(model, meta, studies, skipped)
+    if not result["findings"]:
+        first = result["skipped"][0] if result["skipped"] else None
+        n = len(result["skipped"])
+        raise NothingScoredError(
+            first["patient_id"] if first else "?",
+            f"nothing could be scored ({n} study(ies) skipped; first: "
+            f"{first['reason'] if first else 'no study found'})",
+            first["path"] if first else study,
+        )
     if out is not None:
         write_outputs(result, out)
     return result

@@ -11,8 +11,11 @@ images and may raise :class:`StudyError`. Format modules import this module, nev
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import io
+import itertools
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813
 from scipy import ndimage
 
+from fedprostate.data.checks import b_values, check_b_values, check_coverage, check_ids
+from fedprostate.data.formats.integrity import native_messages, nifti_problem, read_failure_reason
 from fedprostate.data.study import SEQUENCES, Finding, Study, StudyError
 
 NEGATIVE_MARGIN_MM = 10.0  # sampled negatives stay at least this far from any lesion voxel
@@ -65,44 +70,97 @@ def study_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(key.encode())])
 
 
+def _first_bad_byte(lines: list[str], offsets: list[int], first: int, last: int):
+    """(byte offset, byte, line number) of the first undecodable byte in lines first..last."""
+    for n in range(first, last + 1):
+        line = lines[n - 1]
+        for j, char in enumerate(line):
+            if "\udc80" <= char <= "\udcff":
+                before = len(line[:j].encode("utf-8", "surrogateescape"))
+                return offsets[n - 1] + before, ord(char) - 0xDC00, n
+    return None
+
+
 def read_csv_checked(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
-    """Read a CSV; missing required columns is a whole-file error naming the file."""
+    """Read a CSV; missing required columns is a whole-file error naming the file.
+
+    A bad row spoils only itself: every row gets ``_line`` (its first line in the file),
+    ``_error`` (why it cannot be used: a non-UTF-8 byte, named by its byte offset, line and row,
+    or the wrong number of fields; empty when fine) and ``_ragged`` (truthy whenever ``_error``
+    is set, for readers that only check that). Cells are stripped; missing cells are empty.
+    """
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in required if c not in columns]
-            if missing:
-                raise DataFormatError(
-                    f"{path}: wrong CSV columns, missing {missing} (found {columns})"
-                )
-            rows = []
-            for line, raw in enumerate(reader, start=2):
-                row = {
-                    (k or "").strip(): (v or "").strip() if isinstance(v, str) else v
-                    for k, v in raw.items()
-                }
-                # DictReader puts surplus fields under None and fills short rows with None
-                row["_line"] = str(line)
-                row["_ragged"] = "1" if (None in raw or None in raw.values()) else ""
-                rows.append(row)
-            return rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
         raise DataFormatError(f"{path}: cannot read CSV ({exc})") from exc
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    lines = io.StringIO(raw[bom:].decode("utf-8", "surrogateescape"), newline="").readlines()
+    offsets = list(
+        itertools.accumulate(
+            (len(ln.encode("utf-8", "surrogateescape")) for ln in lines), initial=bom
+        )
+    )
+    reader = csv.reader(iter(lines))
+    try:
+        header = next(reader, [])
+        if bad := _first_bad_byte(lines, offsets, 1, reader.line_num):
+            raise DataFormatError(
+                f"{path}: header row has a non-UTF-8 byte 0x{bad[1]:02x} at byte offset {bad[0]}"
+            )
+        columns = [c.strip() for c in header]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise DataFormatError(f"{path}: wrong CSV columns, missing {missing} (found {columns})")
+        rows, previous = [], reader.line_num
+        for number, record in enumerate(reader, start=1):
+            first, previous = previous + 1, reader.line_num
+            if not record:
+                continue
+            row = {c: (v or "").strip() for c, v in zip(columns, record, strict=False)}
+            row.update({c: "" for c in columns[len(record) :]})
+            error = ""
+            if bad := _first_bad_byte(lines, offsets, first, reader.line_num):
+                error = (
+                    f"non-UTF-8 byte 0x{bad[1]:02x} at byte offset {bad[0]} "
+                    f"(line {bad[2]}, data row {number})"
+                )
+            elif len(record) != len(columns):
+                error = f"wrong number of fields ({len(record)}; the header has {len(columns)})"
+            row.update(_line=str(first), _error=error, _ragged="1" if error else "")
+            rows.append(row)
+        return rows
+    except csv.Error as exc:
+        raise DataFormatError(f"{path}: cannot read CSV, line {reader.line_num} ({exc})") from exc
 
 
 def read_image(path: str | Path, patient_id: str, what: str) -> sitk.Image:
-    """Read an image file, turning every IO failure into a StudyError naming file and patient."""
+    """Read an image file, turning every IO failure into a StudyError naming file and patient.
+
+    A truncated NIfTI is caught before ITK zero-fills it; anything ITK or its libraries print
+    while reading is an error; the reason for an unreadable file names the real cause. A high-b
+    DWI whose header carries b-values is checked (:func:`checks.check_b_values`).
+    """
     path = Path(path)
     if not path.exists():
         raise StudyError(patient_id, f"missing {what} image", path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1][:120] if str(exc).strip() else "unreadable"
-        raise StudyError(patient_id, f"corrupt or truncated {what} image ({first})", path) from exc
+    if problem := nifti_problem(path):
+        raise StudyError(patient_id, f"corrupt or truncated {what} image ({problem})", path)
+    failure = None
+    with native_messages() as messages:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            failure = exc
+    if failure is not None:
+        reason = read_failure_reason(path, failure, messages)
+        raise StudyError(patient_id, f"corrupt or truncated {what} image ({reason})", path)
+    if messages:
+        raise StudyError(patient_id, f"{what} image: the reader reported '{messages[0]}'", path)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise StudyError(patient_id, f"{what} image is not a 3D scalar volume", path)
+    if what == "hbv":
+        get = lambda key: image.GetMetaData(key) if image.HasMetaDataKey(key) else None  # noqa: E731
+        check_b_values(b_values(get), patient_id, str(path))
     return image
 
 
@@ -213,13 +271,16 @@ def inside(image: sitk.Image, world_mm, tolerance_vox: float = 0.5) -> bool:
 
 
 def validate_study(study: Study) -> None:
-    """Checks every reader's output must pass: sequences present, finite, findings inside."""
+    """Checks every reader's output must pass: valid ids, sequences present and finite, ADC and
+    DWI fields of view covering the gland, findings inside the T2 volume."""
+    check_ids(study.patient_id, study.study_id, study.site, study.source_paths.get("t2w", ""))
     for seq in SEQUENCES:
         if seq not in study.images:
             raise StudyError(
                 study.patient_id, f"missing sequence {seq}", study.source_paths.get("t2w")
             )
         check_finite(study.images[seq], study.patient_id, seq, study.source_paths.get(seq, ""))
+    check_coverage(study.images, study.gland_mask, study.patient_id, study.source_paths)
     t2 = study.images["t2w"]
     for f in study.findings:
         if not inside(t2, f.world_mm):

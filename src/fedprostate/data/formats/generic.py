@@ -16,12 +16,15 @@ pirads      optional PI-RADS v2.1 score of the mark (1..5)
 label       1 = clinically significant, 0 = not (required)
 zone        PZ / TZ / AS / SV / unknown (may be empty)
 isup        0..5 (may be empty: 2 when label=1, else 0)
-gland       optional path of a gland mask on any grid (needed for organ mode)
+gland       optional path of a gland mask on the T2 (or ADC) grid; other grids
+            need ``--resample-masks`` (needed for organ mode)
 finding_id  optional; default F1, F2, ... in row order per study
 =========== =============================================================
 
 Case label of a study = max ``label`` over its findings. Every row sharing (patient_id,
-study_id) must name the same images and site; a repeated finding_id is a duplicated ID.
+study_id) must name the same images and site; a repeated finding_id is a duplicated ID. A row
+that cannot be read (wrong number of fields, a non-UTF-8 byte) or whose ids are not valid
+identifiers (``data.checks.ID_PATTERN``) is rejected alone; the other rows are kept.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
-from fedprostate.data.formats.base import StudyRef, on_grid, read_csv_checked, read_image
+from fedprostate.data.checks import ids_problem, mask_on_t2
+from fedprostate.data.formats.base import StudyRef, read_csv_checked, read_image
 from fedprostate.data.study import SEQUENCES, ZONES, Finding, Study, StudyError
 
 NAME = "generic"
@@ -53,18 +57,21 @@ def list_refs(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
     base = table.parent
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     errors: list[StudyError] = []
+    spoiled: set[tuple[str, str]] = set()  # a study with an unreadable row lacks a finding
     for row in rows:
-        if row["_ragged"]:
-            where = f"{table}:{row['_line']}"
+        where = f"{table}:{row['_line']}"
+        problem = row["_error"] or ids_problem(row["patient_id"], row["study_id"], row["site"])
+        if problem:
             errors.append(
-                StudyError(
-                    row.get("patient_id") or "?", "row has the wrong number of fields", where
-                )
+                StudyError(row.get("patient_id") or "?", f"row: {problem} (study skipped)", where)
             )
+            spoiled.add((row["patient_id"], row["study_id"]))
             continue
         groups[(row["patient_id"], row["study_id"])].append(row)
     refs = []
     for (pid, sid), group in groups.items():
+        if (pid, sid) in spoiled:
+            continue
         where = f"{table}:{group[0]['_line']}"
         keys = {(r["site"], r["t2w"], r["adc"], r["hbv"], r.get("gland", "")) for r in group}
         if len(keys) > 1:
@@ -121,7 +128,7 @@ def _generic_finding(row: dict, pid: str, where: str) -> Finding | None:
     )  # fmt: skip
 
 
-def load(ref: StudyRef, seed: int = 0, **_) -> Study:
+def load(ref: StudyRef, seed: int = 0, resample_masks: bool = False, **_) -> Study:
     pid = ref.patient_id
     for seq in SEQUENCES:
         if seq not in ref.paths:
@@ -130,9 +137,10 @@ def load(ref: StudyRef, seed: int = 0, **_) -> Study:
     findings = [f for r in ref.findings if (f := _generic_finding(r, pid, ref.paths["findings"]))]
     gland = None
     if "gland" in ref.paths:
-        gland = on_grid(
-            sitk.Cast(read_image(ref.paths["gland"], pid, "gland") > 0, sitk.sitkUInt8),
-            images["t2w"],
+        mask = sitk.Cast(read_image(ref.paths["gland"], pid, "gland") > 0, sitk.sitkUInt8)
+        also = {"adc": images["adc"]}
+        gland = mask_on_t2(
+            mask, images["t2w"], pid, ref.paths["gland"], "gland mask", also, resample_masks
         )
     labels = [int(float(r["label"] or 0)) for r in ref.findings]
     return Study(

@@ -12,6 +12,10 @@
 * ``--findings CSV``: ``x, y, z`` (LPS world mm) and optional ``finding_id``, ``zone``,
   ``patient_id`` replace the study's findings; with ``t2w, adc, hbv`` columns (paths relative to
   the CSV) the CSV alone describes the studies ("plain image paths").
+
+Every study passes the same checks as in ``data prepare`` (``validate_study``). Given a
+``skipped`` list, a study that cannot be read or checked is appended to it (a StudyError naming
+file and patient) and the others are still returned; without one the first problem is raised.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813
 
+from fedprostate.data.checks import slug
 from fedprostate.data.formats.base import (
     DataFormatError,
     read_csv_checked,
@@ -85,6 +90,8 @@ def _float(row: dict, key: str, pid: str, where: str) -> float:
 def _table_findings(rows: list[dict], pid: str, where: str) -> list[Finding]:
     out = []
     for n, row in enumerate(rows, start=1):
+        if row.get("_error"):
+            raise StudyError(pid, f"findings row: {row['_error']}", f"{where}:{row['_line']}")
         zone = (row.get("zone") or "unknown").upper()
         world = tuple(_float(row, c, pid, f"{where}:{row['_line']}") for c in ("x", "y", "z"))
         out.append(
@@ -93,27 +100,47 @@ def _table_findings(rows: list[dict], pid: str, where: str) -> list[Finding]:
     return out
 
 
-def _studies_from_image_table(table: Path) -> list[Study]:
+class _Skips:
+    """Per-study errors: collected in ``skipped`` when given, else raised at once."""
+
+    def __init__(self, skipped: list[StudyError] | None):
+        self.skipped = skipped
+
+    def __call__(self, err: StudyError) -> None:
+        if self.skipped is None:
+            raise err
+        self.skipped.append(err)
+
+
+def _studies_from_image_table(table: Path, skip: _Skips) -> list[Study]:
     """Studies described by a CSV with t2w/adc/hbv paths and finding coordinates."""
     rows = read_csv_checked(table, ("t2w", "adc", "hbv", "x", "y", "z"))
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
+        if row["_error"]:
+            where = f"{table}:{row['_line']}"
+            skip(StudyError(row.get("patient_id") or "?", f"row: {row['_error']}", where))
+            continue
         key = (row.get("patient_id") or "study", row.get("study_id") or "1")
         groups[key].append(row)
     studies = []
     for (pid, sid), group in groups.items():
         first = group[0]
         paths = {seq: table.parent / first[seq] for seq in SEQUENCES}
-        images = {seq: read_image(paths[seq], pid, seq) for seq in SEQUENCES}
-        study = Study(
-            site=first.get("site") or "unknown",
-            patient_id=pid,
-            study_id=sid,
-            images=images,
-            findings=_table_findings(group, pid, str(table)),
-            source_paths={seq: str(p) for seq, p in paths.items()} | {"findings": str(table)},
-        )
-        validate_study(study)
+        try:
+            images = {seq: read_image(paths[seq], pid, seq) for seq in SEQUENCES}
+            study = Study(
+                site=first.get("site") or "unknown",
+                patient_id=pid,
+                study_id=sid,
+                images=images,
+                findings=_table_findings(group, pid, str(table)),
+                source_paths={seq: str(p) for seq, p in paths.items()} | {"findings": str(table)},
+            )
+            validate_study(study)
+        except StudyError as err:
+            skip(err)
+            continue
         studies.append(study)
     return studies
 
@@ -127,7 +154,7 @@ def _with_findings(study: Study, table: Path, rows: list[dict]) -> Study:
     return study
 
 
-def _dataset_studies(path: Path, seed: int, negatives: int, patient: str | None):
+def _dataset_studies(path: Path, seed: int, negatives: int, patient: str | None, skip: _Skips):
     """Studies of the dataset that ``path`` is (or lies in); None when it is in none."""
     root = _enclosing_root(path)
     if root is None:
@@ -145,11 +172,18 @@ def _dataset_studies(path: Path, seed: int, negatives: int, patient: str | None)
             return None  # an unrelated layout above a bare study folder
     if patient is not None:
         refs = [r for r in refs if r.patient_id == patient]
-    if errors and not refs:
-        raise errors[0]
-    if not refs:
+        errors = [e for e in errors if e.patient_id == patient]
+    if not refs and not errors:
         raise DataFormatError(f"{path}: no study found in this {fmt} dataset")
-    return [load_study(r, seed=seed, negatives=negatives) for r in refs]
+    for err in errors:
+        skip(err)
+    studies = []
+    for ref in refs:
+        try:
+            studies.append(load_study(ref, seed=seed, negatives=negatives))
+        except StudyError as err:
+            skip(err)
+    return studies
 
 
 def resolve_studies(
@@ -158,8 +192,10 @@ def resolve_studies(
     seed: int = 0,
     negatives: int = 0,
     patient: str | None = None,
+    skipped: list[StudyError] | None = None,
 ) -> list[Study]:
     """Read every study the inputs name (see the module docstring)."""
+    skip = _Skips(skipped)
     table_rows = None
     if findings is not None:
         table = Path(findings)
@@ -168,20 +204,34 @@ def resolve_studies(
         with table.open(newline="", encoding="utf-8-sig") as fh:
             columns = next(csv.reader(fh), [])
         if all(seq in columns for seq in SEQUENCES):
-            return _studies_from_image_table(table)
+            return _studies_from_image_table(table, skip)
         table_rows = read_csv_checked(table, ("x", "y", "z"))
     if study is None:
         raise DataFormatError("give --study PATH (or --findings CSV with t2w, adc, hbv columns)")
     path = Path(study).resolve()
     if not path.exists():
         raise DataFormatError(f"{path}: no such file or folder")
-    studies = _dataset_studies(path, seed, negatives, patient)
+    studies = _dataset_studies(path, seed, negatives, patient, skip)
     if studies is None:
         if not path.is_dir():
             raise DataFormatError(f"{path}: not a study folder or dataset (see `predict --help`)")
-        images = _bare_images(path)
-        pid = patient or path.name
-        studies = [Study("unknown", pid, path.name, images, source_paths={"t2w": str(path)})]
+        pid = patient or slug(path.name, "study")  # a folder name may be any text
+        try:
+            images = _bare_images(path)
+            sid = slug(path.name, "1")
+            study = Study("unknown", pid, sid, images, source_paths={"t2w": str(path)})
+            if table_rows is None:
+                validate_study(study)
+            studies = [study]
+        except StudyError as err:
+            skip(err)
+            studies = []
     if table_rows is not None:
-        studies = [_with_findings(s, Path(findings), table_rows) for s in studies]
+        with_findings = []
+        for study in studies:
+            try:
+                with_findings.append(_with_findings(study, Path(findings), table_rows))
+            except StudyError as err:
+                skip(err)
+        studies = with_findings
     return studies

@@ -9,7 +9,8 @@ Layout under ``DIR``::
     radiology/findings.csv                       (optional: the site's radiology marks)
 
 ``labels`` is one of ``human_expert/resampled`` (default, on the T2 grid), ``human_expert/original``
-or ``AI/Bosma22a``; masks not on the T2 grid are resampled onto it (nearest neighbour).
+or ``AI/Bosma22a``. A mask must lie on the T2 grid or on the ADC grid (resampled onto the T2 by
+nearest neighbour); any other grid is rejected unless ``resample_masks`` (see ``data.checks``).
 
 Findings (lesion mode) are locations nobody placed by looking at the answer:
 
@@ -36,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
+from fedprostate.data.checks import ids_problem, mask_on_t2
 from fedprostate.data.formats.base import (
     DataFormatError,
     StudyRef,
     check_label_values,
     label_from_mask,
-    on_grid,
     read_csv_checked,
     read_image,
     sample_negatives,
@@ -125,10 +126,8 @@ def list_refs(
     for row in rows:
         pid, sid = row.get("patient_id", ""), row.get("study_id", "")
         where = f"{sheet}:{row['_line']}"
-        if row["_ragged"]:
-            errors.append(
-                StudyError(pid or "?", "marksheet row has the wrong number of fields", where)
-            )
+        if row["_error"]:
+            errors.append(StudyError(pid or "?", f"marksheet row: {row['_error']}", where))
             continue
         if not pid or not sid:
             errors.append(
@@ -139,11 +138,14 @@ def list_refs(
             errors.append(StudyError(pid, f"duplicated ID {pid}_{sid} in marksheet", where))
             continue
         seen.add((pid, sid))
+        site = row.get("center") or "picai"
+        if problem := ids_problem(pid, sid, site):  # ids become file paths below
+            errors.append(StudyError(pid, f"marksheet row: {problem}", where))
+            continue
         paths = _paths(src, pid, sid, labels)
         if not any(Path(paths[s]).exists() for s in SEQUENCES):
             errors.append(StudyError(pid, f"marksheet row {pid}_{sid} has no images", where))
             continue
-        site = row.get("center") or "picai"
         ref = StudyRef("picai", site, pid, sid, paths, row=row, finding_source=source)
         if table is not None:
             ref.findings = table.rows.get((pid, sid), [])
@@ -171,7 +173,9 @@ def case_label_of(row: dict[str, str], pid: str, where: str) -> int:
     raise StudyError(pid, f"case_csPCa {value!r} is not YES/NO", where)
 
 
-def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
+def load(
+    ref: StudyRef, seed: int = 0, negatives: int = 2, resample_masks: bool = False, **_
+) -> Study:
     pid = ref.patient_id
     images = {seq: read_image(ref.paths[seq], pid, seq) for seq in SEQUENCES}
     t2 = images["t2w"]
@@ -182,7 +186,10 @@ def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
     if lesion_path.exists():
         lesion = read_image(lesion_path, pid, "lesion mask")
         check_label_values(lesion, pid, str(lesion_path))
-        lesion = on_grid(sitk.Cast(lesion, sitk.sitkUInt8), t2)
+        lesion = mask_on_t2(
+            sitk.Cast(lesion, sitk.sitkUInt8), t2, pid, str(lesion_path), "lesion mask",
+            also={"adc": images["adc"]}, resample=resample_masks,
+        )  # fmt: skip
         if not sitk.GetArrayViewFromImage(lesion).any():
             lesion = None
     if lesion is not None and case_label == 0:
@@ -192,11 +199,15 @@ def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
     gland_path = Path(ref.paths["gland"])
     if gland_path.exists():
         gland = read_image(gland_path, pid, "gland mask")
-        gland = on_grid(sitk.Cast(gland > 0, sitk.sitkUInt8), t2)
+        gland = mask_on_t2(
+            sitk.Cast(gland > 0, sitk.sitkUInt8), t2, pid, str(gland_path), "gland mask",
+            also={"adc": images["adc"]}, resample=resample_masks,
+        )  # fmt: skip
         if not sitk.GetArrayViewFromImage(gland).any():
             gland = None
     study = Study(ref.site, pid, ref.study_id, images, gland_mask=gland, lesion_mask=lesion,
-                  case_label=case_label)  # fmt: skip
+                  case_label=case_label,
+                  source_paths={k: v for k, v in ref.paths.items() if Path(v).exists()})  # fmt: skip
 
     def label_by_mask(finding: Finding) -> Finding:
         if lesion is not None:
@@ -223,5 +234,4 @@ def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
 
     clinical = {name: _float(ref.row.get(col)) for col, name in CLINICAL_COLUMNS.items()}
     study.clinical = {k: v for k, v in clinical.items() if not np.isnan(v)}
-    study.source_paths = {k: v for k, v in ref.paths.items() if Path(v).exists()}
     return study

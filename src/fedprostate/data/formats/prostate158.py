@@ -5,7 +5,9 @@ Prostate158 has no findings table: findings are the label-free candidates of ``d
 (``source="proposal"``), labelled by the tumour mask (binary, 1 = csPCa, so as with AI masks
 ``isup=1`` is kept and the finding counts as csPCa). The zone is read from the anatomy mask at the
 finding. Case label = any tumour voxel. Negatives are sampled as for PI-CAI.
-Site = ``prostate158``, patient_id = study_id = the folder name.
+Site = ``prostate158``, patient_id = study_id = the folder name (a folder whose name is not a valid
+identifier is rejected at listing). Masks must lie on the T2 grid (or the ADC grid), see
+``data.checks.mask_on_t2``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813
 
+from fedprostate.data.checks import id_problem, mask_on_t2
 from fedprostate.data.formats.base import (
     StudyRef,
     check_label_values,
     label_from_mask,
-    on_grid,
     read_image,
     sample_negatives,
     study_rng,
@@ -39,37 +41,41 @@ def detect(src: Path) -> bool:
 
 
 def list_refs(src: Path, findings: str = "auto", **_) -> tuple[list[StudyRef], list[StudyError]]:
-    refs = []
+    refs, errors = [], []
     for folder in sorted(p for p in src.iterdir() if p.is_dir()):
         if not any((folder / name).exists() for name in P158_FILES.values()):
+            continue
+        if problem := id_problem("patient_id", folder.name):  # the folder name is the id
+            errors.append(StudyError(folder.name, problem, folder))
             continue
         paths = {seq: str(folder / name) for seq, name in P158_FILES.items()}
         for name in ("t2_tumor_reader1", "adc_tumor_reader1", "t2_anatomy_reader1"):
             paths[name] = str(folder / f"{name}.nii.gz")
         refs.append(StudyRef("prostate158", "prostate158", folder.name, folder.name, paths,
                              finding_source="none" if findings == "none" else "proposal"))  # fmt: skip
-    return refs, []
+    return refs, errors
 
 
-def load(ref: StudyRef, seed: int = 0, negatives: int = 2, **_) -> Study:
+def load(
+    ref: StudyRef, seed: int = 0, negatives: int = 2, resample_masks: bool = False, **_
+) -> Study:
     pid = ref.patient_id
     images = {seq: read_image(ref.paths[seq], pid, seq) for seq in SEQUENCES}
     t2 = images["t2w"]
+    also = {"adc": images["adc"]}
     lesion = None
     for name in ("t2_tumor_reader1", "adc_tumor_reader1"):
         if Path(ref.paths[name]).exists():
             mask = read_image(ref.paths[name], pid, "tumour mask")
             check_label_values(mask, pid, ref.paths[name])
-            lesion = on_grid(sitk.Cast(mask, sitk.sitkUInt8), t2)
+            mask = sitk.Cast(mask, sitk.sitkUInt8)
+            lesion = mask_on_t2(mask, t2, pid, ref.paths[name], "tumour mask", also, resample_masks)
             break
     gland = anatomy = None
     if Path(ref.paths["t2_anatomy_reader1"]).exists():
-        anatomy = on_grid(
-            sitk.Cast(
-                read_image(ref.paths["t2_anatomy_reader1"], pid, "anatomy mask"), sitk.sitkUInt8
-            ),
-            t2,
-        )
+        path = ref.paths["t2_anatomy_reader1"]
+        anatomy = sitk.Cast(read_image(path, pid, "anatomy mask"), sitk.sitkUInt8)
+        anatomy = mask_on_t2(anatomy, t2, pid, path, "anatomy mask", also, resample_masks)
         gland = sitk.Cast(anatomy > 0, sitk.sitkUInt8)
     case_label = int(lesion is not None and sitk.GetArrayViewFromImage(lesion).any())
     study = Study(ref.site, pid, ref.study_id, images, gland_mask=gland, lesion_mask=lesion,

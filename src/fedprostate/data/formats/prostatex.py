@@ -3,8 +3,10 @@
 Layout under ``DIR``: ``<ProxID>/<study_uid>/<series_folder>/*.dcm`` and a findings CSV with
 columns ProxID, fid, pos ("x y z"), zone, ClinSig. Series are grouped with GDCM series IDs
 (``sitk.ImageSeriesReader``) and recognised by SeriesDescription (0008,103E): ``t2`` + ``tra`` →
-T2, ``adc`` → ADC, ``bval`` (e.g. ``ep2d_diff_tra_CALC_BVAL``) → high-b DWI. The site is the
-InstitutionName (0008,0080) of the T2 series, else ``prostatex``.
+T2, ``adc`` → ADC, ``bval`` (e.g. ``ep2d_diff_tra_CALC_BVAL``) → high-b DWI, and checked slice by
+slice (``dicom.read_series``). The site is the InstitutionName (0008,0080) of the T2 series made
+into an identifier (``checks.slug``), else ``prostatex``. A ProxID that is not a valid identifier
+(it names a folder) or an unreadable row rejects that patient only.
 
 ``pos`` is in DICOM patient coordinates (LPS mm), the same frame SimpleITK reports, so it is used
 unchanged: a voxel (column i, row j) of a slice lies at ``ImagePositionPatient + i·Δc·row_cos +
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from fedprostate.data.checks import id_problem, slug
 from fedprostate.data.formats.base import DataFormatError, StudyRef, read_csv_checked
 from fedprostate.data.formats.dicom import find_series, read_series
 from fedprostate.data.study import SEQUENCES, ZONES, Finding, Study, StudyError
@@ -52,10 +55,9 @@ def list_refs(src: Path, **_) -> tuple[list[StudyRef], list[StudyError]]:
     for row in rows:
         pid = row["ProxID"]
         where = f"{table}:{row['_line']}"
-        if row["_ragged"] or not pid:
-            errors.append(
-                StudyError(pid or "?", "findings row has the wrong number of fields", where)
-            )
+        problem = row["_error"] or id_problem("ProxID", pid)
+        if problem:
+            errors.append(StudyError(pid or "?", f"findings row: {problem}", where))
             bad_patients.add(pid)
             continue
         if any(r["fid"] == row["fid"] for r in by_patient[pid]):
@@ -125,7 +127,7 @@ def load(ref: StudyRef, seed: int = 0, **_) -> Study:
             )
         )
     return Study(
-        site=institution or "prostatex",
+        site=slug(institution, "prostatex") if institution else "prostatex",
         patient_id=pid,
         study_id=ref.study_id,
         images=images,
