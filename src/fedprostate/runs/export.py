@@ -40,7 +40,7 @@ from fedprostate.models.bundle import (
 )
 from fedprostate.models.finetune import inference_structure, merge_for_inference
 from fedprostate.models.foundation import backbone_sha256
-from fedprostate.records import predictions
+from fedprostate.records import predictions, tracking
 
 FORMATS = ("bundle", "onnx")
 ONNX_OPSET = 17
@@ -221,6 +221,7 @@ def export_run(
     (out / MODEL_CARD).write_text(
         model_card(cfg, meta, metrics, _data_summary(cfg), cache_meta), encoding="utf-8"
     )
+    tracking.log_artifacts(run, [out], "bundle")  # when the run is tracked with MLflow
     return meta
 
 

@@ -31,7 +31,12 @@ class _Pooled(CropDataset):
 def _fit(
     cfg: RunConfig, name: str, train_ds, sets: dict[str, CropDataset], recorder: RunRecorder | None
 ) -> dict:
-    """Train a fresh model for fl.rounds rounds; score ``sets`` each round; keep the best on val."""
+    """Train a fresh model for fl.rounds rounds; score ``sets`` each round; keep the best on val.
+
+    A validation split of one class (a small site in a local-only run) cannot rank rounds: the
+    last round is kept then, and ``chosen_on`` says so.
+    """
+    one_class = len(set(sets["val"].labels.tolist())) < 2
     bundle = setup.build_model(cfg, fresh=True)
     model = bundle.ft.model
     best: dict | None = None
@@ -54,17 +59,21 @@ def _fit(
         if recorder is not None:
             recorder.append_round(entry)
         val = entry["val"]["auroc"]
-        if best is None or (np.isfinite(val) and not val <= best["val"]["auroc"]):
+        if best is None or one_class or (np.isfinite(val) and not val <= best["val"]["auroc"]):
             best = {**entry, "predictions": preds, "arrays": setup.communicated_numpy(bundle.ft)}
         last = {**entry, "predictions": preds}
-    return {"best": best, "last": last, "bundle": bundle}
+    chosen_on = "last round (validation split of one class)" if one_class else "validation"
+    return {"best": best, "last": last, "bundle": bundle, "chosen_on": chosen_on}
 
 
 def _prepare(cfg: RunConfig, out: str | Path) -> tuple[RunConfig, RunRecorder]:
     cfg = setup.prepare_run_config(cfg, out)
+    setup.check_run_data(cfg)
+    setup.check_tracking(cfg)
     recorder = RunRecorder(cfg.out)
     recorder.metrics_path.unlink(missing_ok=True)
-    recorder.write_config(cfg.to_toml())
+    setup.start_tracking(recorder, cfg)
+    recorder.write_config(cfg.to_toml(), cfg.to_flat())
     return cfg, recorder
 
 
@@ -109,6 +118,7 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
         best = fit["best"]
         per_site[name] = {
             "best_round": best["round"],
+            "best_round_chosen_on": fit["chosen_on"],
             "own_test_auroc": best["test"]["auroc"],
             "pooled_test_auroc": best["pooled_test"]["auroc"],
         }
