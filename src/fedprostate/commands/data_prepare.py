@@ -6,13 +6,13 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from fedprostate.cli_app import data_app
+from fedprostate.cli_app import JSON_OPT, console, data_app, fail, print_json
 
 
 class Format(StrEnum):
     picai = "picai"
+    nnunet = "nnunet"
     prostatex = "prostatex"
     prostate158 = "prostate158"
     generic = "generic"
@@ -26,7 +26,9 @@ class Mode(StrEnum):
 
 @data_app.command("prepare")
 def data_prepare(
-    src: Path = typer.Option(..., "--src", help="Raw data folder (or the generic findings CSV)."),
+    src: Path = typer.Option(
+        ..., "--data", "--src", help="Raw data folder (or the generic findings CSV)."
+    ),
     out: Path = typer.Option(..., "--out", help="Crop cache folder to write."),
     fmt: Format = typer.Option(Format.auto, "--format", help="Input layout; auto detects it."),
     mode: Mode = typer.Option(
@@ -48,15 +50,16 @@ def data_prepare(
         "human_expert/original or AI/Bosma22a.",
     ),
     negatives: int = typer.Option(
-        2, "--negatives", help="Sampled negatives per study (PI-CAI, Prostate158)."
+        2, "--negatives", help="Sampled negatives per study (PI-CAI, Prostate158, nnU-Net)."
     ),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Read raw studies, crop them and write the per-site crop cache."""
     from fedprostate.data.formats.base import DataFormatError
     from fedprostate.data.prepare import prepare
     from fedprostate.data.study import StudyError
 
-    console = Console(stderr=True)
+    err = console(stderr=True)
     try:
         report = prepare(
             src,
@@ -70,24 +73,21 @@ def data_prepare(
             strict=strict,
             labels=labels,
             negatives=negatives,
-            console=console,
+            console=err,
         )
     except StudyError as exc:
-        console.print(
-            f"[red]error[/red] {exc} (--strict: stopped; see {out / 'rejected.csv'})",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+        fail(f"{exc} (--strict: stopped; see {out / 'rejected.csv'})", code=1)
     except (DataFormatError, ValueError) as exc:
-        console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(exc)
+    if as_json:
+        print_json({"out": str(out), **report.__dict__, "studies_per_s": report.studies_per_s})
+        return
     sites = ", ".join(f"{s}: {n}" for s, n in report.per_site.items())
-    console.print(
+    err.print(
         f"{report.format}: {report.listed} studies listed, {report.kept} kept, "
         f"{report.rejected} rejected (rejected.csv); {report.crops} crops "
         f"({report.positives} positive) in {report.seconds:.1f} s "
         f"({report.studies_per_s:.1f} studies/s) -> {out}",
         highlight=False,
     )
-    console.print(f"crops per site: {sites}", highlight=False)
+    err.print(f"crops per site: {sites}", highlight=False)
