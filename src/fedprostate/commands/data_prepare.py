@@ -91,3 +91,34 @@ def data_prepare(
         highlight=False,
     )
     err.print(f"crops per site: {sites}", highlight=False)
+
+
+@data_app.command("dcm2mha-settings")
+def dcm2mha_settings_command(
+    data: Path = typer.Option(..., "--data", help="DICOM folder (series anywhere below it)."),
+    out: Path = typer.Option(..., "--out", help="picai_prep dcm2mha settings JSON to write."),
+    marksheet: Path = typer.Option(
+        None, "--marksheet", help="Also write a marksheet template (case_csPCa to fill in)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Write picai_prep's dcm2mha settings for a DICOM tree (then run `python -m picai_prep
+    dcm2mha`, which needs the [dicom] extra, and prepare the result as PI-CAI)."""
+    from fedprostate.data.dcm2mha import (
+        dcm2mha_settings,
+        marksheet_template,
+        write_marksheet,
+        write_settings,
+    )
+
+    settings = dcm2mha_settings(data)
+    write_settings(settings, out)
+    rows = marksheet_template(settings, data)
+    if marksheet is not None:
+        write_marksheet(rows, marksheet)
+    if as_json:
+        print_json(settings)
+        return
+    mapped = ", ".join(f"{k}: {v['SeriesDescription']}" for k, v in settings["mappings"].items())
+    console().print(f"{len(settings['archive'])} series of {len(rows)} studies -> {out}")
+    console().print(f"series descriptions: {mapped}")
