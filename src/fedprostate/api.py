@@ -4,16 +4,14 @@ Each is also importable from the package root (``import fedprostate as fp; fp.fe
 loaded on first use so that ``import fedprostate`` stays fast. Paths may be ``str`` or ``Path``;
 a configuration may be a :class:`~fedprostate.config.RunConfig` or a TOML path.
 
-============  =================================  ===========================================
-step          command line                       Python
-============  =================================  ===========================================
-configure     ``-c FILE --set k=v``              ``cfg = load_config(FILE, ["k=v"])``
-prepare       ``fedprostate data prepare``       ``prepare(raw, cache)``
-train         ``fedprostate federate``           ``federate(cfg, run)`` / ``centralize``
-evaluate      ``fedprostate report``             ``evaluate(run)``
-export        ``fedprostate export``             ``export(run)``
-use           ``fedprostate predict``            ``load_bundle(bundle)``, ``predict(...)``
-============  =================================  ===========================================
+| step      | command line                  | Python                                       |
+|-----------|-------------------------------|----------------------------------------------|
+| configure | `-c FILE --set k=v`           | `cfg = load_config(FILE, ["k=v"])`           |
+| prepare   | `fedprostate data prepare`    | `prepare(raw, cache)`                        |
+| train     | `fedprostate federate`        | `federate(cfg, run)`, `centralize(cfg, run)` |
+| evaluate  | `fedprostate report`          | `evaluate(run)`                              |
+| export    | `fedprostate export`          | `export(run)`                                |
+| use       | `fedprostate predict`         | `load_bundle(bundle)`, `predict(bundle, ...)` |
 """
 
 from __future__ import annotations
