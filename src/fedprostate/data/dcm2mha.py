@@ -26,12 +26,22 @@ from fedprostate.data.study import SEQUENCES
 MARKSHEET_COLUMNS = ("patient_id", "study_id", "case_csPCa", "center")
 
 
+NOT_DICOM = (".csv", ".json", ".txt", ".md", ".mha", ".mhd", ".nii", ".gz", ".png", ".zip")
+
+
 def _series_header(folder: Path) -> dict[str, str] | None:
     """PatientID, study id and SeriesDescription of the first DICOM series in ``folder``."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() not in NOT_DICOM]
+    if not files:
+        return None
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" per plain folder
     try:
         ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError:
         return None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
     if not ids:
         return None
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0])
