@@ -150,3 +150,10 @@ def test_preflight_prints_the_sha256sum_of_the_file_and_labels_the_backbone_hash
     backbone = next(line for line in result.output.splitlines() if "consortium hash" in line)
     assert backbone.strip().startswith("backbone weights sha256") and meta["sha256"] in backbone
     assert file_sha != meta["sha256"]  # why the two must never be confused
+
+
+def test_detection_maps_need_an_output_folder(tmp_path):
+    _one_line_error(
+        _cli("predict", "--model", str(tmp_path), "--data", str(tmp_path), "--detection-maps"),
+        "--detection-maps needs --out",
+    )
