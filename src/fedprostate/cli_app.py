@@ -47,13 +47,10 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=10_000, no_color=True, highlight=False, soft_wrap=True)
 
 
-err_console = console(stderr=True)
-
-
 def fail(message: object, code: int = 2) -> NoReturn:
     """One line on stderr (no markup, never wrapped), then exit with ``code`` (2 = user error)."""
     text = " ".join(str(message).split())
-    console(stderr=True).print(f"error: {text}", markup=False, highlight=False)
+    console(stderr=True).print(f"error: {text}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
