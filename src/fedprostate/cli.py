@@ -2,7 +2,7 @@
 
 import importlib
 
-from fedprostate.cli_app import app
+from fedprostate.cli_app import app, guard_commands
 
 # Command modules, imported for their side effect of registering commands on the Typer apps.
 _COMMAND_MODULES = (
@@ -17,5 +17,8 @@ _COMMAND_MODULES = (
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)
+
+# A user error in any command: one line on stderr, exit 2 (`fedprostate --debug` shows it all).
+guard_commands(app)
 
 __all__ = ["app"]

@@ -280,10 +280,34 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """Optional experiment tracking by the server (``records/tracking.py``; extra ``[tracking]``).
+
+    tensorboard: event files in RUN/tensorboard. mlflow: an MLflow run per training run, in
+    ``mlflow_uri`` (a server, ``sqlite:///...``, ``file:...``) or, when empty,
+    $MLFLOW_TRACKING_URI or a local store beside the run folder. A URI alone turns MLflow on.
+    experiment: the MLflow experiment name.
+    """
+
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_uri: str = ""
+    experiment: str = "fedprostate"
+
+    def __post_init__(self) -> None:
+        _check("track.experiment", self.experiment, bool(self.experiment.strip()), "a name")
+
+    @property
+    def use_mlflow(self) -> bool:
+        return self.mlflow or bool(self.mlflow_uri)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     out: str = ""  # run folder (absolute); set by the commands
     resume: bool = False
+    keep_last: int = 0  # checkpoints kept: the newest N rounds + the best one (0 = every round)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -292,8 +316,10 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self) -> None:
+        _check("keep_last", self.keep_last, self.keep_last >= 0, ">= 0 (0 = keep every round)")
         if self.fl.strategy == "fedprox" and self.train.prox_mu <= 0:
             raise ConfigError(
                 "fl.strategy = 'fedprox' needs train.prox_mu > 0 (with 0 it is FedAvg)"
@@ -370,7 +396,11 @@ class RunConfig:
         return RunConfig.from_flat(flat)
 
     def to_toml(self) -> str:
-        lines = [f"seed = {_toml_value(self.seed)}"]
+        lines = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not dataclasses.is_dataclass(value) and f.name not in ("out", "resume"):
+                lines.append(f"{f.name} = {_toml_value(value)}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

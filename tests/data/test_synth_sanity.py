@@ -131,7 +131,7 @@ def test_summary_dispatches_to_cache_summary(tmp_path, monkeypatch):
 
     calls = []
     fake = types.ModuleType("fedprostate.data.cache")
-    fake.summarize_cache = lambda path: calls.append(path)
+    fake.summarize_cache = lambda path, **_: calls.append(path)
     monkeypatch.setitem(sys.modules, "fedprostate.data.cache", fake)
     (tmp_path / "index.csv").write_text("row,site\n", encoding="utf-8")
     res = CliRunner().invoke(app, ["data", "summary", str(tmp_path)])

@@ -6,13 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from fedprostate.cli_app import app, fail
-
-console = Console()
-err = Console(stderr=True)
+from fedprostate.cli_app import JSON_OPT, app, console, fail, print_json
 
 
 def _fail(exc: Exception) -> None:
@@ -26,6 +22,7 @@ def export(
     formats: list[str] = typer.Option(
         ["bundle", "onnx"], "--format", "-f", help="bundle (always written) and/or onnx."
     ),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Export a run as a model bundle: merged weights, ONNX, preprocessing, threshold, model card."""
     from fedprostate.runs.export import ExportError, export_run
@@ -35,21 +32,33 @@ def export(
         meta = export_run(run, out, formats=tuple(formats))
     except (ExportError, ValueError, OSError) as exc:
         _fail(exc)
-    console.print(f"bundle written to {out}: {meta['arch']}, threshold {meta['threshold']:.4f}")
+    if as_json:
+        print_json({"out": str(out), **meta})
+        return
+    con = console()
+    con.print(f"bundle written to {out}: {meta['arch']}, threshold {meta['threshold']:.4f}")
     if "onnx" in meta:
         diff = meta["onnx"]["parity_max_abs_logit_diff_vs_unmerged"]
-        console.print(f"ONNX parity vs unmerged model: max |Δlogit| = {diff:.2e}")
+        con.print(f"ONNX parity vs unmerged model: max |Δlogit| = {diff:.2e}")
 
 
 @app.command()
 def predict(
     model: Path = typer.Option(..., "--model", "-m", help="Model bundle folder (export)."),
-    study: Path = typer.Option(None, "--study", help="Study folder or dataset root (any layout)."),
+    study: Path = typer.Option(
+        None, "--data", "--study", help="Study folder or dataset root (any layout)."
+    ),
     findings: Path = typer.Option(
         None, "--findings", help="CSV of x,y,z (LPS mm) [finding_id, zone] or t2w,adc,hbv paths."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Write predictions.json/.csv here."),
     patient: str = typer.Option(None, "--patient", help="Only this patient of a dataset root."),
+    detection_maps: bool = typer.Option(
+        False,
+        "--detection-maps",
+        help="Also write OUT/detection_maps/ + OUT/labels/ (.nii.gz) for picai_eval.",
+    ),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Per-finding csPCa probabilities for a new study (research only, not for clinical use).
 
@@ -60,10 +69,13 @@ def predict(
     from fedprostate.models.bundle import BundleError
     from fedprostate.runs.predict import predict as run_predict
 
+    if detection_maps and out is None:
+        fail("--detection-maps needs --out FOLDER")
     try:
-        result = run_predict(model, study, findings, out, patient)
+        result = run_predict(model, study, findings, out, patient, detection_maps=detection_maps)
     except (StudyError, DataFormatError, BundleError, OSError) as exc:
         _fail(exc)
+    err = console(stderr=True)
     for skip in result["skipped"]:
         err.print(
             f"skipped patient {skip['patient_id']} ({skip['path']}): {skip['reason']}",
@@ -71,9 +83,10 @@ def predict(
         )  # fmt: skip
     for note in result["dropped_crops"]:
         err.print(f"dropped crop of {note}", markup=False, highlight=False, soft_wrap=True)
-    if out is None:
-        print(json.dumps(result, indent=2))
+    if out is None or as_json:
+        print_json(result)
         return
+    con = console()
     table = Table(title=f"csPCa probability ({result['model']['arch']})")
     for col in ("patient", "study", "finding", "score", "positive"):
         table.add_column(col)
@@ -81,12 +94,10 @@ def predict(
         table.add_row(
             r["patient_id"], r["study_id"], r["finding_id"], f"{r['score']:.3f}", str(r["positive"])
         )
-    console.print(table)
+    con.print(table)
     for p in result["patients"]:
-        console.print(
-            f"patient {p['patient_id']} ({p['study_id']}): score {p['patient_score']:.3f}"
-        )
-    console.print(
+        con.print(f"patient {p['patient_id']} ({p['study_id']}): score {p['patient_score']:.3f}")
+    con.print(
         f"{len(result['patients'])} studies scored, {len(result['skipped'])} skipped; "
         f"written to {out}"
     )
@@ -98,8 +109,12 @@ def distill(
     config: Path = typer.Option(None, "--config", "-c", help="Run configuration TOML."),
     overrides: list[str] = typer.Option(None, "--set", "-s", help="Override a key (repeatable)."),
     student: str = typer.Option("resnet18", "--student", help="Student backbone name."),
+    data: Path = typer.Option(
+        None, "--data", "--cache", help="Crop cache (= --set data.cache=DIR)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     centralized: bool = typer.Option(False, help="Also run centralized distillation."),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Federated distillation of a teacher into a compact student, with the comparison report."""
     from fedprostate.config import RunConfig
@@ -107,8 +122,12 @@ def distill(
     from fedprostate.runs.distill import report_markdown, run_distillation
 
     try:
-        cfg = RunConfig.load(config, overrides or [])
+        extra = [f"data.cache={json.dumps(str(data))}"] if data is not None else []
+        cfg = RunConfig.load(config, [*(overrides or []), *extra])
         report = run_distillation(teacher, cfg, student, out, centralized=centralized)
     except (BundleError, ValueError, OSError) as exc:
         _fail(exc)
-    console.print(report_markdown(report))
+    if as_json:
+        print_json(report)
+        return
+    console().print(report_markdown(report))

@@ -6,13 +6,13 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from fedprostate.cli_app import data_app
+from fedprostate.cli_app import JSON_OPT, console, data_app, fail, print_json
 
 
 class Format(StrEnum):
     picai = "picai"
+    nnunet = "nnunet"
     prostatex = "prostatex"
     prostate158 = "prostate158"
     generic = "generic"
@@ -26,7 +26,9 @@ class Mode(StrEnum):
 
 @data_app.command("prepare")
 def data_prepare(
-    src: Path = typer.Option(..., "--src", help="Raw data folder (or the generic findings CSV)."),
+    src: Path = typer.Option(
+        ..., "--data", "--src", help="Raw data folder (or the generic findings CSV)."
+    ),
     out: Path = typer.Option(..., "--out", help="Crop cache folder to write."),
     fmt: Format = typer.Option(Format.auto, "--format", help="Input layout; auto detects it."),
     mode: Mode = typer.Option(
@@ -51,7 +53,7 @@ def data_prepare(
         2,
         "--negatives",
         help="Sampled normal-tissue locations per study (extra training negatives, flagged "
-        "'sampled', never in a headline metric; PI-CAI, Prostate158).",
+        "'sampled', never in a headline metric; PI-CAI, Prostate158, nnU-Net).",
     ),
     findings: str = typer.Option(
         "auto",
@@ -66,13 +68,14 @@ def data_prepare(
         help="Resample masks whose grid matches neither the T2 nor the ADC grid (default: "
         "reject the study).",
     ),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Read raw studies, crop them and write the per-site crop cache."""
     from fedprostate.data.formats.base import DataFormatError
     from fedprostate.data.prepare import prepare
     from fedprostate.data.study import StudyError
 
-    console = Console(stderr=True)
+    err = console(stderr=True)
     try:
         report = prepare(
             src,
@@ -87,30 +90,58 @@ def data_prepare(
             labels=labels,
             negatives=negatives,
             resample_masks=resample_masks,
-            console=console,
+            console=err,
             findings=findings,
         )
     except StudyError as exc:
-        console.print(
-            f"[red]error[/red] {exc} (--strict: stopped; see {out / 'rejected.csv'})",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+        fail(f"{exc} (--strict: stopped; see {out / 'rejected.csv'})", code=1)
     except (DataFormatError, ValueError) as exc:
-        console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(exc)
+    if as_json:
+        print_json({"out": str(out), **report.__dict__, "studies_per_s": report.studies_per_s})
+        return
     sites = ", ".join(f"{s}: {n}" for s, n in report.per_site.items())
-    console.print(
+    err.print(
         f"{report.format}: {report.listed} studies listed, {report.kept} kept, "
         f"{report.rejected} rejected (rejected.csv); {report.crops} crops "
         f"({report.positives} positive, {report.dropped_crops} dropped) in {report.seconds:.1f} s "
         f"({report.studies_per_s:.1f} studies/s) -> {out}",
         highlight=False,
     )
-    console.print(f"crops per site: {sites}", highlight=False)
+    err.print(f"crops per site: {sites}", highlight=False)
     sources = ", ".join(f"{k}: {n}" for k, n in sorted(report.by_source.items()))
-    console.print(
+    err.print(
         f"findings by source: {sources}; {report.findings_rejected} findings rejected",
         highlight=False,
     )
+
+
+@data_app.command("dcm2mha-settings")
+def dcm2mha_settings_command(
+    data: Path = typer.Option(..., "--data", help="DICOM folder (series anywhere below it)."),
+    out: Path = typer.Option(..., "--out", help="picai_prep dcm2mha settings JSON to write."),
+    marksheet: Path = typer.Option(
+        None, "--marksheet", help="Also write a marksheet template (case_csPCa to fill in)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Write picai_prep's dcm2mha settings for a DICOM tree (then run `python -m picai_prep
+    dcm2mha`, which needs the [dicom] extra, and prepare the result as PI-CAI)."""
+    from fedprostate.data.dcm2mha import (
+        dcm2mha_settings,
+        marksheet_template,
+        write_marksheet,
+        write_settings,
+    )
+
+    settings = dcm2mha_settings(data)
+    write_settings(settings, out)
+    rows = marksheet_template(settings, data)
+    if marksheet is not None:
+        write_marksheet(rows, marksheet)
+    if as_json:
+        print_json(settings)
+        return
+    mapped = ", ".join(f"{k}: {v['SeriesDescription']}" for k, v in settings["mappings"].items())
+    console().print(f"{len(settings['archive'])} series of {len(rows)} studies -> {out}")
+    console().print(f"series descriptions: {mapped}")

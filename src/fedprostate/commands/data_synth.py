@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedprostate.cli_app import data_app
-
-console = Console()
+from fedprostate.cli_app import console, data_app
 
 
 @data_app.command("synth")
@@ -32,9 +29,10 @@ def synth_command(
     """Write a realistic synthetic multi-site bpMRI federation in a real public layout."""
     from fedprostate.data.synth.federation import synthesize
 
+    con = console()
     with Progress(
         TextColumn("[bold]synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console,
+        console=con,
     ) as bar:  # fmt: skip
         task = bar.add_task("studies", total=None)
 
@@ -52,8 +50,8 @@ def synth_command(
         table.add_column(col, justify="left" if col == "site" else "right")
     for name, row in report.per_site.items():
         table.add_row(name, str(row["patients"]), str(row["positives"]), str(row["findings"]))
-    console.print(table)
-    console.print(
+    con.print(table)
+    con.print(
         f"{report.n_studies} studies + {report.n_unlabeled} unlabeled, {report.n_findings} "
         f"radiologist-marked findings ({report.n_lesions} lesions in the ground truth), "
         f"{report.bytes_written / 1e6:.1f} MB in {report.seconds:.1f} s"
@@ -69,10 +67,11 @@ def summary_command(
     if (path / "index.csv").is_file():
         from fedprostate.data.cache import summarize_cache
 
-        summarize_cache(path)
+        summarize_cache(path, console=console())
         return
     from fedprostate.data.synth.summary import summarize_raw
 
+    con = console()
     try:
         result = summarize_raw(path, plot or path / "summary.png")
     except FileNotFoundError as err:
@@ -86,16 +85,16 @@ def summary_command(
         table.add_row(
             *[f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
         )
-    console.print(table)
+    con.print(table)
     rule, reader = result["adc_rule"], result["reader"]
-    console.print(
+    con.print(
         f"ADC rule (mean ADC in a 3 mm ROI, lower = suspicious): AUROC {rule['auroc']:.3f} on "
         f"the {rule['n']} radiologist-marked findings; shuffled labels {rule['shuffled']:.3f}."
     )
     share = ", ".join(
         f"PI-RADS {k}: {v['cspca']}/{v['n']}" for k, v in reader["csPCa_share"].items()
     )
-    console.print(
+    con.print(
         f"Radiologist: PI-RADS >= 3 marks {reader['sensitivity']:.1%} of {reader['n_cancers']} "
         f"csPCa lesions; csPCa among marks {share}; PI-RADS AUROC {reader['pirads_auroc']:.3f}. "
         f"Plot: {result['plot']}"

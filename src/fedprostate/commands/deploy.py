@@ -19,7 +19,10 @@ from fedprostate.cli_app import app, site_app
 def deploy_local_command(
     sites: int = typer.Option(..., "--sites", min=1, help="Number of hospitals (SuperNodes)."),
     cache: Path = typer.Option(
-        ..., "--cache", help="Crop cache from `data prepare`; SuperNode i serves site i of it."
+        ...,
+        "--data",
+        "--cache",
+        help="Crop cache from `data prepare`; SuperNode i serves site i of it.",
     ),
     out: Path = typer.Option(..., "--out", help="Run folder (outputs, certificates, logs)."),
     rounds: int | None = typer.Option(None, "--rounds", help="Federated rounds (fl.rounds)."),
@@ -39,7 +42,7 @@ def deploy_local_command(
     if resume:
         cfg = cfg.replace(resume=True)
     if not (cache / "index.csv").exists():
-        raise typer.BadParameter(f"{cache}: not a crop cache (no index.csv)", param_hint="--cache")
+        raise typer.BadParameter(f"{cache}: not a crop cache (no index.csv)", param_hint="--data")
     names = sorted({r["site"] for r in load_index(cache)})
     if sites > len(names):
         raise typer.BadParameter(
@@ -169,9 +172,14 @@ def preflight_command(
 
     hashes = foundation_hashes(foundation)
     typer.echo(f"foundation: {foundation}")
-    for what in ("file", "metadata", "backbone"):
-        if hashes.get(what):
-            typer.echo(f"  sha256 ({what}): {hashes[what]}")
+    typer.echo(f"  file sha256 (what `sha256sum {foundation.name}` prints): {hashes['file']}")
+    if hashes.get("backbone"):
+        typer.echo(
+            f"  backbone weights sha256 (the consortium hash, model.foundation_sha256): "
+            f"{hashes['backbone']}"
+        )
+    if hashes.get("metadata"):
+        typer.echo(f"  backbone weights sha256 stated in the checkpoint: {hashes['metadata']}")
     if (
         hashes.get("metadata")
         and hashes.get("backbone")

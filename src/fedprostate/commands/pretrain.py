@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from fedprostate.cli_app import app
+from fedprostate.cli_app import app, console
 
 
 def load_pretrain_crops(
@@ -86,8 +86,6 @@ def pretrain_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Pre-train a backbone self-supervised on unlabeled MRI crops (labels are never read)."""
-    from rich import print as rprint
-
     from fedprostate.models.foundation import save_checkpoint
     from fedprostate.models.pretrain import pretrain
 
@@ -122,8 +120,11 @@ def pretrain_command(
     written = save_checkpoint(out, backbone, meta)
     curve = out.with_suffix(".loss.png")
     save_loss_curve(history, curve, f"{method} pre-training, {arch} @ {crop}px")
-    rprint(
+    con = console()
+    con.print(
         f"[green]saved[/green] {out} (sha256 {written['sha256'][:12]}…), "
         f"loss {history[0]:.4f} → {history[-1]:.4f}, curve {curve}"
     )
-    rprint(json.dumps({"checkpoint": str(out), "loss_first": history[0], "loss_last": history[-1]}))
+    typer.echo(
+        json.dumps({"checkpoint": str(out), "loss_first": history[0], "loss_last": history[-1]})
+    )

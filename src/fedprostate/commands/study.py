@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from fedprostate.cli_app import app
-
-console = Console()
+from fedprostate.cli_app import app, console
 
 
 @app.command("study")
@@ -26,33 +23,40 @@ def study_command(
     from fedprostate.study.runner import run_study
 
     try:
-        run_study(config, out, dry_run=dry_run, console=console)
+        run_study(config, out, dry_run=dry_run, console=console())
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]study error:[/red] {exc}")
+        console(stderr=True).print(f"[red]study error:[/red] {exc}")
         raise typer.Exit(2) from None
 
 
 @app.command("report")
 def report_command(
     run: Path = typer.Argument(
-        ..., help="A run folder (federate/centralize/local) or a study folder."
+        ..., help="A run folder (federate/centralize/local), a --seeds folder or a study folder."
     ),
-    cache: Path = typer.Option(None, help="Crop cache, when the one in config.toml moved."),
+    cache: Path = typer.Option(
+        None, "--data", "--cache", help="Crop cache, when the one in config.toml moved."
+    ),
     n_boot: int = typer.Option(None, help="Bootstrap resamples (default: the run's eval.n_boot)."),
 ) -> None:
     """Write RUN/report.html (self-contained) and RUN/report.md."""
+    from fedprostate.records.tracking import log_artifacts
     from fedprostate.report.run_report import write_run_report
+    from fedprostate.report.seeds import write_seeds_report
     from fedprostate.study.report import write_study_report
 
     try:
         if (run / "study.json").exists() and (run / "arms.json").exists():
             page = write_study_report(run)
+        elif (run / "seeds.json").exists():
+            page = write_seeds_report(run)
         else:
             page = write_run_report(run, n_boot=n_boot, cache=cache)
     except FileNotFoundError as exc:
-        console.print(f"[red]report error:[/red] {exc}")
+        console(stderr=True).print(f"[red]report error:[/red] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"[green]report:[/green] {page.resolve()}")
+    log_artifacts(run, [page, page.with_suffix(".md")], "report")  # a run tracked with MLflow
+    console().print(f"[green]report:[/green] {page.resolve()}")
 
 
 @app.command("demo")
@@ -70,7 +74,7 @@ def demo_command(
     from fedprostate.demo import run_demo
 
     try:
-        run_demo(out, config=config, overrides=overrides or [], quick=quick, console=console)
+        run_demo(out, config=config, overrides=overrides or [], quick=quick, console=console())
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]demo error:[/red] {exc}")
+        console(stderr=True).print(f"[red]demo error:[/red] {exc}")
         raise typer.Exit(2) from None

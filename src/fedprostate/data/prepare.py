@@ -27,6 +27,18 @@ from fedprostate.data.preprocess import describe, fit_normalization
 from fedprostate.data.splits import assign_splits
 from fedprostate.data.study import SEQUENCES, Study, StudyError
 
+# What `fedprostate data synth` writes beside every synthetic dataset (its invented site profiles).
+SYNTH_MARKER = Path("truth") / "sites.csv"
+
+
+def provenance_of(src: str | Path | None) -> str:
+    """``synthetic`` for a tree written by ``data synth``, ``real`` for any other existing source,
+    ``unknown`` when the source is not at hand."""
+    if not src or not Path(src).exists():
+        return "unknown"
+    root = Path(src) if Path(src).is_dir() else Path(src).parent
+    return "synthetic" if (root / SYNTH_MARKER).is_file() else "real"
+
 
 @dataclass
 class PrepareReport:
@@ -231,6 +243,7 @@ def prepare(
         "fractions": list(fractions),
         "src": str(Path(src).resolve()),
         "findings": wanted,
+        "provenance": provenance_of(src),
         "counts": {
             "listed": report.listed,
             "kept": report.kept,

@@ -27,6 +27,8 @@ from fedprostate.models.finetune import (
     set_communicated,
 )
 from fedprostate.models.foundation import backbone_sha256, init_from_foundation
+from fedprostate.records.run_folder import RunRecorder
+from fedprostate.records.tracking import check_available, open_tracking
 
 
 @dataclass
@@ -131,6 +133,38 @@ def set_local_state(ft: Finetuned, tensors: dict[str, torch.Tensor]) -> None:
 # ---- run folder -------------------------------------------------------------------------------
 
 
+class RunInputError(ValueError):
+    """A run that cannot start (missing crop cache or foundation, unusable validation split)."""
+
+
+def check_run_data(cfg: RunConfig) -> None:
+    """Refuse, before any process starts, a run whose inputs cannot give a meaningful result.
+
+    The crop cache and the foundation checkpoint must exist, and the pooled validation split
+    must hold both classes: with one class its AUROC is undefined and the best round would be
+    picked silently (the first one).
+    """
+    if not cfg.data.cache:
+        raise RunInputError(
+            "data.cache is not set: give --data CACHE (a folder written by `fedprostate data "
+            "prepare`)"
+        )
+    cache = Path(cfg.data.cache)
+    if not (cache / "index.csv").is_file():
+        raise RunInputError(
+            f"{cache}: not a crop cache (no index.csv); write one with `fedprostate data prepare`"
+        )
+    if cfg.model.foundation and not Path(cfg.model.foundation).is_file():
+        raise RunInputError(f"model.foundation = {cfg.model.foundation}: no such checkpoint")
+    labels = [int(r["label"]) for r in _index(str(cache.resolve())) if r["split"] == "val"]
+    if len(set(labels)) < 2:
+        what = "no findings" if not labels else f"only label {labels[0]} ({len(labels)} findings)"
+        raise RunInputError(
+            f"the validation split of {cache} has {what}: AUROC is undefined on it, so no best "
+            "round can be chosen; prepare the cache from more studies or with another --seed"
+        )
+
+
 def prepare_run_config(cfg: RunConfig, out: str | Path, resume: bool = False) -> RunConfig:
     """Absolute paths (Flower's processes run elsewhere) and one torch thread per client CPU."""
     changes: dict = {"out": str(Path(out).resolve()), "resume": resume}
@@ -141,6 +175,23 @@ def prepare_run_config(cfg: RunConfig, out: str | Path, resume: bool = False) ->
     if cfg.train.threads == 0:
         changes["train.threads"] = max(1, int(cfg.fl.client_cpus))
     return cfg.replace(**changes)
+
+
+def check_tracking(cfg: RunConfig) -> None:
+    """The tracking libraries the configuration asks for are installed (TrackingError if not)."""
+    check_available(cfg.track.tensorboard, cfg.track.use_mlflow)
+
+
+def start_tracking(recorder: RunRecorder, cfg: RunConfig, resume_after: int | None = None) -> None:
+    """Attach the configured trackers to ``recorder`` (a resumed run goes on in the same ones)."""
+    recorder.tracking = open_tracking(
+        recorder.dir,
+        tensorboard=cfg.track.tensorboard,
+        mlflow=cfg.track.use_mlflow,
+        mlflow_uri=cfg.track.mlflow_uri,
+        experiment=cfg.track.experiment,
+        resume_after=resume_after,
+    )
 
 
 def summary_head(cfg: RunConfig, kind: str, bundle: ModelBundle | None, wall_s: float) -> dict:

@@ -85,7 +85,8 @@ def run_server(grid, cfg: RunConfig) -> dict:
         log.info("resuming after round %d of %d", offset, cfg.fl.rounds)
     elif not cfg.resume:
         recorder.metrics_path.unlink(missing_ok=True)
-    recorder.write_config(cfg.to_toml())
+    setup.start_tracking(recorder, cfg, resume_after=offset if cfg.resume else None)
+    recorder.write_config(cfg.to_toml(), cfg.to_flat())
     strategy.attach(shapes, cfg.compress.downlink, cfg.seed, bundle.foundation_sha256, offset)
     scorer = BenchmarkScorer(cfg, recorder.read_rounds()) if simulation else None
 
@@ -109,6 +110,7 @@ def run_server(grid, cfg: RunConfig) -> dict:
                 "wall_s": time.time() - t0 + wall_before,
             }
             recorder.save_checkpoint(Checkpoint(current, tensors, strategy.optimizer_state(), meta))
+            recorder.prune_checkpoints(cfg.keep_last)
             if scorer is not None and scorer.chooser.should_stop and current < cfg.fl.rounds:
                 raise EarlyStop(current, scorer.chooser.best_round)
         if "val" in entry:

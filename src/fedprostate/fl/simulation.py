@@ -1,9 +1,18 @@
-"""The Flower apps in Flower's Ray simulation: one simulated SuperNode per client."""
+"""The Flower apps in Flower's Ray simulation: one simulated SuperNode per client.
+
+Flower's console log is made fit for files while a simulation runs: no colour codes when stderr
+is not a terminal, and without the deprecation notice ``run_simulation`` logs on every call (it is
+the documented in-process entry point this project uses; ``flwr run`` is the deployment path).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 
+from flwr.common.logger import FLOWER_LOGGER, update_console_handler
 from flwr.simulation import run_simulation
 
 from fedprostate.config import RunConfig
@@ -11,6 +20,26 @@ from fedprostate.fl.client_app import make_client_app
 from fedprostate.fl.server_app import make_server_app
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+class _DropRunSimulationNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(
+            "`run_simulation` function is deprecated" in str(a) for a in record.args or ()
+        )
+
+
+@contextlib.contextmanager
+def plain_flower_log():
+    """Flower's console log without colour codes off a terminal and without the notice."""
+    notice = _DropRunSimulationNotice()
+    FLOWER_LOGGER.addFilter(notice)
+    update_console_handler(colored=sys.stderr.isatty())
+    try:
+        yield
+    finally:
+        FLOWER_LOGGER.removeFilter(notice)
+        update_console_handler(colored=True)
 
 
 def simulate(cfg: RunConfig, num_clients: int, verbose: bool = False) -> None:
@@ -21,10 +50,11 @@ def simulate(cfg: RunConfig, num_clients: int, verbose: bool = False) -> None:
         "client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error"},
     }
-    run_simulation(
-        server_app=make_server_app(flat),
-        client_app=make_client_app(flat),
-        num_supernodes=num_clients,
-        backend_config=backend_config,
-        verbose_logging=verbose,
-    )
+    with plain_flower_log():
+        run_simulation(
+            server_app=make_server_app(flat),
+            client_app=make_client_app(flat),
+            num_supernodes=num_clients,
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )

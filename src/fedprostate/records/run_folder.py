@@ -1,5 +1,9 @@
 """One folder per run: config.toml, metrics.jsonl, checkpoints/, predictions_*.csv, summary.json.
 
+With a :class:`~fedprostate.records.tracking.Tracking`, every round line, the configuration and
+the summary also go to TensorBoard / MLflow. ``prune_checkpoints`` keeps the newest rounds and
+the best one on validation (``keep_last``).
+
 Every file that a resume depends on is written atomically (temp file + rename), and a checkpoint
 is complete before the round's metrics line is appended, so a crash at any point leaves a run
 that ``--resume`` continues from the last completed round.
@@ -17,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fedprostate.records import predictions
+from fedprostate.records.tracking import Tracking
 
 RUN_KINDS = ("federated", "centralized", "local")
 STATUSES = ("finished", "failed")
@@ -55,14 +60,16 @@ class Checkpoint:
 
 
 class RunRecorder:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, tracking: Tracking | None = None):
         self.dir = Path(run_dir)
         self.ckpt_dir = self.dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.tracking = tracking or Tracking([])
 
-    def write_config(self, toml_text: str) -> None:
+    def write_config(self, toml_text: str, params: dict[str, Any] | None = None) -> None:
         atomic_write_text(self.dir / "config.toml", toml_text)
+        self.tracking.log_params(params or {}, toml_text)
 
     # ---- per round -----------------------------------------------------------------------
     def save_checkpoint(self, ckpt: Checkpoint) -> None:
@@ -88,11 +95,41 @@ class RunRecorder:
             return Checkpoint(int(meta.pop("round")), load_file(str(tensors)), state, meta)
         return None
 
+    def checkpoint_rounds(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.ckpt_dir.glob("round_*.json"))
+
+    def best_round(self) -> int | None:
+        """The round with the highest validation AUROC in metrics.jsonl (the first of ties)."""
+        scored = [e for e in self.read_rounds() if e["round"] > 0 and "val" in e]
+        if not scored:
+            return None
+        aurocs = [_finite(e["val"].get("auroc")) for e in scored]
+        return int(scored[int(np.argmax(aurocs))]["round"])
+
+    def prune_checkpoints(self, keep_last: int) -> list[int]:
+        """Delete every checkpoint but the newest ``keep_last`` and the best round's (0 = none).
+
+        The newest stays (resume needs it) and so does the best (export loads it). A round's
+        ``.json`` goes first: a crash mid-delete leaves stray tensors, never a half checkpoint.
+        """
+        rounds = self.checkpoint_rounds()
+        if keep_last <= 0 or len(rounds) <= keep_last:
+            return []
+        keep = set(rounds[-keep_last:]) | {self.best_round()}
+        dropped = [r for r in rounds if r not in keep]
+        for r in dropped:
+            stem = self.ckpt_dir / f"round_{r:04d}"
+            for path in (stem.with_suffix(".json"), stem.with_suffix(".safetensors"),
+                         stem.with_name(stem.name + "_strategy.safetensors")):  # fmt: skip
+                path.unlink(missing_ok=True)
+        return dropped
+
     def append_round(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=_json_default) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        self.tracking.log_round(record)
 
     def truncate_after(self, last_round: int) -> None:
         """Drop metric lines of rounds after ``last_round`` (a killed run may have written some)."""
@@ -126,6 +163,12 @@ class RunRecorder:
         atomic_write_text(
             self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n"
         )
+        self.tracking.log_summary(json.loads(json.dumps(summary, default=_json_default)))
+        self.tracking.close(summary["status"])
+
+
+def _finite(value: Any) -> float:
+    return float(value) if value is not None and np.isfinite(value) else -1.0
 
 
 def _json_default(value: Any) -> Any:

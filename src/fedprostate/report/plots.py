@@ -15,7 +15,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from fedprostate.eval.bootstrap import calibration_bins  # noqa: E402
 
@@ -58,6 +63,29 @@ def plot_roc_curves(models: Mapping[str, object], path, title: str = "ROC curves
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pr_curves(
+    models: Mapping[str, object], path, title: str = "Precision-recall curves"
+) -> Path:
+    """One precision-recall curve per model (legend: its finding-level AP), with the chance
+    level (the positive fraction) dashed. models: name -> (labels, scores) | prediction rows."""
+    _require(models, "models")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    prevalence = None
+    for name, data in models.items():
+        y, s = _labels_scores(data)
+        if y.min() == y.max():
+            raise ValueError(f"PR curve of {name!r} needs both classes")
+        precision, recall, _ = precision_recall_curve(y, s)
+        ap = average_precision_score(y, s)
+        ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f})")
+        prevalence = float(y.mean()) if prevalence is None else prevalence
+    ax.axhline(prevalence, ls="--", c="grey", lw=0.8, label=f"chance ({prevalence:.2f})")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize=8)
     return _save(fig, path)
 
 

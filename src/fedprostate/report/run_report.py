@@ -176,6 +176,10 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
         doc.figure(
             plots.plot_roc_curves(models, figdir / "roc.png"), "ROC curves (test, lesion level)"
         )
+        doc.figure(
+            plots.plot_pr_curves(models, figdir / "pr.png"),
+            "Precision-recall curves (test, finding level)",
+        )
     per_site = {"model": evaluation["model"]}
     if "mean-ADC rule" in evaluation["baselines"]:
         per_site["mean-ADC rule"] = evaluation["baselines"]["mean-ADC rule"]

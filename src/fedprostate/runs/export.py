@@ -31,6 +31,7 @@ from fedprostate.data.preprocess import ADC_SCALE, CLIP
 from fedprostate.engine import setup
 from fedprostate.eval.calibration import apply_temperature
 from fedprostate.eval.metrics import choose_threshold, evaluate_predictions, headline
+from fedprostate.eval.picai import picai_metrics
 from fedprostate.models.bundle import (
     BUNDLE_JSON,
     BUNDLE_VERSION,
@@ -41,7 +42,8 @@ from fedprostate.models.bundle import (
 )
 from fedprostate.models.finetune import inference_structure, merge_for_inference
 from fedprostate.models.foundation import backbone_sha256
-from fedprostate.records import predictions
+from fedprostate.records import predictions, tracking
+from fedprostate.runs.model_card import data_provenance, model_card
 
 FORMATS = ("bundle", "onnx")
 ONNX_OPSET = 17
@@ -118,6 +120,15 @@ def _data_summary(cfg: RunConfig) -> dict:
         entry[r["split"]] = entry.get(r["split"], 0) + 1
         entry["positives"] += int(r["label"])
     return {"n_crops": len(rows), "sites": sites}
+
+
+def _relative_run(run: Path, out: Path) -> str:
+    """The run folder as seen from the bundle (``..`` for RUN/bundle), else its name only: a
+    bundle travels to other machines and must not carry this one's absolute paths."""
+    run, out = run.resolve(), out.resolve()
+    if out.is_relative_to(run):
+        return "/".join([".."] * len(out.relative_to(run).parts)) or "."
+    return run.name
 
 
 def onnx_export(model: torch.nn.Module, path: Path, crop: int, in_chans: int) -> None:
@@ -207,7 +218,8 @@ def export_run(
         "weights_sha256": backbone_sha256(state),
         "weights_source": source,
         "parameters": int(sum(p.numel() for p in merged.parameters())),
-        "source_run": str(run.resolve()),
+        "source_run": _relative_run(run, out),
+        "data_provenance": data_provenance(cache_meta),
         "run_kind": summary.get("kind", "federated"),
         "best_round": summary.get("best_round"),
         "test_auroc": metrics["lesion"]["auroc"],
@@ -230,75 +242,9 @@ def export_run(
             ),
         }
         (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    picai = picai_metrics(test_rows, n_boot=n_boot or cfg.eval.n_boot, seed=cfg.seed)
     (out / MODEL_CARD).write_text(
-        model_card(cfg, meta, metrics, _data_summary(cfg), cache_meta), encoding="utf-8"
+        model_card(cfg, meta, metrics, _data_summary(cfg), cache_meta, picai), encoding="utf-8"
     )
+    tracking.log_artifacts(run, [out], "bundle")  # when the run is tracked with MLflow
     return meta
-
-
-def _ci(d: dict | None) -> str:
-    if not d or d.get("estimate") is None:
-        return "n/a"
-    low, high = d.get("low"), d.get("high")
-    if low is None or high is None:
-        return f"{d['estimate']:.3f}"
-    return f"{d['estimate']:.3f} (95% CI {low:.3f}–{high:.3f})"
-
-
-def model_card(cfg: RunConfig, meta: dict, metrics: dict, data: dict, cache_meta: dict) -> str:
-    lesion, patient = metrics["lesion"], metrics["patient"]
-    op = lesion.get("operating_point", {})
-    lines = [
-        f"# Model card: {meta['arch']} csPCa classifier ({meta['run_kind']})",
-        "",
-        "## Intended use",
-        "Research only. **Not for clinical use**: not a medical device, not validated",
-        "prospectively, trained on the data below only. Scores a finding location on bpMRI",
-        "(T2w, ADC, high-b DWI) with the probability of clinically significant prostate cancer",
-        "(ISUP >= 2).",
-        "",
-        "## Model",
-        f"- architecture: `{meta['arch']}` (timm), crop {meta['crop']} px at "
-        f"{meta['spacing']} mm, channels {meta['channel_names']}",
-        f"- fine-tuning: {meta['finetune_method']} (LoRA merged into the weights; adapters kept)",
-        f"- parameters: {meta['parameters']:,}",
-        f"- foundation sha256: `{meta['foundation_sha256']}`",
-        f"- weights sha256: `{meta['weights_sha256']}` ({meta['weights_source']})",
-        f"- operating threshold: {meta['threshold']:.4f} ({meta['threshold_rule']})",
-        "",
-        "## Training data",
-        f"- crop cache: format `{cache_meta.get('format', '?')}`, mode {meta['mode']}, "
-        f"{data['n_crops']} crops; partition {cfg.data.partition}",
-        f"- run: {meta['run_kind']}, strategy {cfg.fl.strategy}, {cfg.fl.rounds} rounds, "
-        f"best round {meta['best_round']} (chosen on validation)",
-        "",
-        "| site | train | val | test | positives |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for site, c in data["sites"].items():
-        lines.append(f"| {site} | {c['train']} | {c['val']} | {c['test']} | {c['positives']} |")
-    lines += [
-        "",
-        f"## Test metrics (patient bootstrap, {metrics['bootstrap']['n_boot']} resamples)",
-        f"- findings: {metrics['n_findings']} ({metrics['n_pos']} csPCa), "
-        f"patients: {metrics['n_patients']}",
-        f"- lesion AUROC: {_ci(lesion['auroc'])}",
-        f"- lesion AP: {_ci(lesion['ap'])}",
-        f"- patient AUROC (max over findings): {_ci(patient['auroc'])}",
-        f"- at the threshold: sensitivity {_ci(op.get('sensitivity'))}, "
-        f"specificity {_ci(op.get('specificity'))}",
-        "",
-        "| site | n | AUROC |",
-        "|---|---:|---|",
-    ]
-    for site, m in metrics["per_site"].items():
-        lines.append(f"| {site} | {m['n']} | {_ci(m['auroc'])} |")
-    lines += [
-        "",
-        "## Limitations",
-        "Metrics come from the sites above only; performance on other scanners, protocols or",
-        "populations is unknown. Findings must be located by a reader (or a detector); the model",
-        "only classifies given locations.",
-        "",
-    ]
-    return "\n".join(lines)

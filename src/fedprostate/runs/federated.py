@@ -22,6 +22,8 @@ class RunFailedError(RuntimeError):
 def federate(cfg: RunConfig, out: str | Path, resume: bool = False, verbose: bool = False) -> dict:
     """Run a federated fine-tuning simulation; returns the run's summary.json content."""
     cfg = setup.prepare_run_config(cfg, out, resume)
+    setup.check_run_data(cfg)
+    setup.check_tracking(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     simulate(cfg, len(setup.client_names(cfg)), verbose=verbose)
     return finished_summary(Path(cfg.out))

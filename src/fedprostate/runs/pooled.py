@@ -16,7 +16,13 @@ import numpy as np
 from fedprostate.config import RunConfig
 from fedprostate.data.cache import CropDataset
 from fedprostate.engine import setup
-from fedprostate.engine.loop import lr_scale, score_dataset, score_metrics, train_local
+from fedprostate.engine.loop import (
+    headline_mask,
+    lr_scale,
+    score_dataset,
+    score_metrics,
+    train_local,
+)
 from fedprostate.engine.selection import BestOnValidation
 from fedprostate.eval.calibration import calibration_report
 from fedprostate.eval.metrics import headline
@@ -34,7 +40,12 @@ class _Pooled(CropDataset):
 def _fit(
     cfg: RunConfig, name: str, train_ds, sets: dict[str, CropDataset], recorder: RunRecorder | None
 ) -> dict:
-    """Train a fresh model for fl.rounds rounds; score ``sets`` each round; keep the best on val."""
+    """Train a fresh model for fl.rounds rounds; score ``sets`` each round; keep the best on val.
+
+    A validation split of one class (a small site in a local-only run) cannot rank rounds: the
+    last round is kept then, and ``chosen_on`` says so.
+    """
+    one_class = len(set(sets["val"].labels[headline_mask(sets["val"])].tolist())) < 2
     bundle = setup.build_model(cfg, fresh=True)
     model = bundle.ft.model
     best: dict | None = None
@@ -57,19 +68,23 @@ def _fit(
             preds[split] = predictions.from_index(ds.rows, scores, r)
         if recorder is not None:
             recorder.append_round(entry)
-        if chooser.offer(r, entry["val"]["auroc"]):
+        if chooser.offer(r, entry["val"]["auroc"]) or one_class:
             best = {**entry, "predictions": preds, "arrays": setup.communicated_numpy(bundle.ft)}
         last = {**entry, "predictions": preds}
-        if chooser.should_stop:
+        if chooser.should_stop and not one_class:
             break
-    return {"best": best, "last": last, "bundle": bundle, "rounds_run": r}
+    chosen_on = "last round (validation split of one class)" if one_class else "validation"
+    return {"best": best, "last": last, "bundle": bundle, "chosen_on": chosen_on, "rounds_run": r}
 
 
 def _prepare(cfg: RunConfig, out: str | Path) -> tuple[RunConfig, RunRecorder]:
     cfg = setup.prepare_run_config(cfg, out)
+    setup.check_run_data(cfg)
+    setup.check_tracking(cfg)
     recorder = RunRecorder(cfg.out)
     recorder.metrics_path.unlink(missing_ok=True)
-    recorder.write_config(cfg.to_toml())
+    setup.start_tracking(recorder, cfg)
+    recorder.write_config(cfg.to_toml(), cfg.to_flat())
     return cfg, recorder
 
 
@@ -114,6 +129,7 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
         best = fit["best"]
         per_site[name] = {
             "best_round": best["round"],
+            "best_round_chosen_on": fit["chosen_on"],
             "own_test_auroc": best["test"]["auroc"],
             "pooled_test_auroc": best["pooled_test"]["auroc"],
         }

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fedprostate.data.crops import CropSpec, study_crops
+from fedprostate.data.detection_maps import write_detection_maps
 from fedprostate.data.formats.loose import resolve_studies
 from fedprostate.data.preprocess import fit_normalization
 from fedprostate.data.study import Study, StudyError
@@ -133,9 +134,16 @@ def predict(
     findings: str | Path | None = None,
     out: str | Path | None = None,
     patient: str | None = None,
+    detection_maps: bool = False,
 ) -> dict:
     """Load the bundle, read the studies, score those that can be; write JSON/CSV to ``out``
-    when given. Raises NothingScoredError when every study was skipped."""
+    when given. Raises NothingScoredError when every study was skipped.
+
+    ``detection_maps``: also write PI-CAI detection maps (each finding's probability on its
+    region in T2 space) and the reference lesion labels under ``out`` for ``picai_eval``.
+    """
+    if detection_maps and out is None:
+        raise ValueError("detection maps need an output folder (out)")
     model, meta = load_bundle(bundle)
     prep = meta.get("preprocessing", {})
     skipped: list[StudyError] = []
@@ -158,5 +166,8 @@ def predict(
             first["path"] if first else study,
         )
     if out is not None:
+        write_outputs(result, out)
+    if detection_maps:
+        result["detection_maps"] = write_detection_maps(studies, result["findings"], out)
         write_outputs(result, out)
     return result

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedprostate.data.formats import generic, picai, prostate158, prostatex
+from fedprostate.data.formats import generic, nnunet, picai, prostate158, prostatex
 from fedprostate.data.formats.base import DataFormatError, StudyRef, validate_study
 from fedprostate.data.study import Study, StudyError
 
-READERS = {mod.NAME: mod for mod in (picai, prostatex, generic, prostate158)}
+READERS = {mod.NAME: mod for mod in (picai, nnunet, prostatex, generic, prostate158)}
 FORMATS = tuple(READERS)
 
 
@@ -30,7 +30,8 @@ def detect_format(src: str | Path) -> str:
         if mod.detect(src):
             return name
     raise DataFormatError(
-        f"{src}: cannot detect the data format (no marksheet, findings CSV or t2.nii.gz)"
+        f"{src}: cannot detect the data format (no marksheet, nnU-Net dataset.json, findings CSV "
+        "or t2.nii.gz)"
     )
 
 
