@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -39,7 +40,17 @@ def test_settings_list_every_series_with_prostatex_descriptions(dicom):
         dcm2mha_settings(dicom / "truth")
 
 
-def test_picai_prep_converts_and_our_picai_reader_reads_the_same_voxels(dicom, tmp_path):
+@pytest.fixture
+def restore_logging():
+    """picai_prep's converter calls logging.disable(INFO) for the whole process (it is meant to
+    run as its own command, `python -m picai_prep dcm2mha`); undo it for the tests after this."""
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def test_picai_prep_converts_and_our_picai_reader_reads_the_same_voxels(
+    dicom, tmp_path, restore_logging
+):
     picai_prep = pytest.importorskip("picai_prep")
     out = tmp_path / "picai"
     result = CliRunner().invoke(app, ["data", "dcm2mha-settings", "--data", str(dicom), "--out",

@@ -11,9 +11,6 @@ from fedprostate.fl.simulation import plain_flower_log
 
 def test_plain_flower_log_drops_the_notice_and_the_colours(monkeypatch):
     stream = io.StringIO()  # not a terminal, like a log file
-    # another library imported earlier in the same test session (picai_prep) may have called
-    # logging.config with disable_existing_loggers: this test is about Flower's own logger
-    monkeypatch.setattr(FLOWER_LOGGER, "disabled", False)
     monkeypatch.setattr(console_handler, "stream", stream)
     monkeypatch.setattr("sys.stderr", stream)
     with plain_flower_log():
