@@ -172,12 +172,14 @@ class TrainConfig:
     sampled_weight: float = 1.0
     schedule: str = "constant"  # learning rate over rounds: constant | cosine (after warm-up)
     warmup_rounds: int = 0  # linear warm-up of the learning rate over the first rounds
+    grad_clip: float = 1.0  # clip the gradient's global norm to this (0 = off)
 
     def __post_init__(self) -> None:
         _check("train.lr", self.lr, self.lr > 0, "> 0")
         _check("train.sampled_weight", self.sampled_weight, 0 <= self.sampled_weight <= 1, "[0, 1]")
         _choice("train.schedule", self.schedule, SCHEDULES)
         _check("train.warmup_rounds", self.warmup_rounds, self.warmup_rounds >= 0, ">= 0")
+        _check("train.grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0 (0 = off)")
         _check("train.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _check("train.epochs", self.epochs, self.epochs >= 0, ">= 0")
         _check("train.steps", self.steps, self.steps >= 0, ">= 0")
