@@ -8,6 +8,8 @@ best round is chosen on validation, never on test. In deployment evaluation is f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
@@ -21,9 +23,11 @@ from fedprostate.config import RunConfig
 from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores, score_metrics
 from fedprostate.fl import wire
+from fedprostate.fl.registry import SiteRegistry
 from fedprostate.fl.strategies import make_strategy
 from fedprostate.records import predictions
-from fedprostate.records.run_folder import Checkpoint, RunRecorder
+from fedprostate.records.audit import AUDIT_FILE, AuditLog
+from fedprostate.records.run_folder import Checkpoint, RunRecorder, file_sha256
 
 log = logging.getLogger("fedprostate.server")
 
@@ -58,30 +62,86 @@ class BenchmarkScorer:
         return out
 
 
+def site_registry(cfg: RunConfig) -> tuple[SiteRegistry | None, int]:
+    """(who may reply, number of sites): the coordinator's registry file in a deployment; in
+    simulation the cache's sites by name with their split sizes."""
+    if cfg.fl.sites:
+        registry = SiteRegistry.load(cfg.fl.sites)
+        return registry, len(registry.by_node)
+    if cfg.data.cache:
+        names = setup.client_names(cfg)
+        sizes = {
+            n: {s: len(setup.client_dataset(cfg, n, s)) for s in ("train", "val")} for n in names
+        }
+        return SiteRegistry.by_name(sizes), len(names)
+    log.warning("no site registry (fl.sites): replies are identified by the site they claim")
+    return None, cfg.fl.min_available_nodes
+
+
+def finished_already(cfg: RunConfig, recorder: RunRecorder) -> dict | None:
+    """The summary of a run that already completed ``fl.rounds`` rounds, else None."""
+    path = recorder.dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    done = recorder.last_good_round()
+    if summary.get("status") == "finished" and done is not None and done.round >= cfg.fl.rounds:
+        return summary
+    return None
+
+
 def run_server(grid, cfg: RunConfig) -> dict:
     if not cfg.out:
         raise ValueError("the run folder (config key 'out') is not set")
     t0 = time.time()
     recorder = RunRecorder(Path(cfg.out))
+    audit = AuditLog(recorder.dir / AUDIT_FILE)
+    if cfg.resume and (summary := finished_already(cfg, recorder)) is not None:
+        log.info("run %s already finished %d rounds: nothing to do", cfg.out, cfg.fl.rounds)
+        audit.append("resume_noop", reason="already finished", rounds=cfg.fl.rounds)
+        return summary
     bundle = setup.build_model(cfg)
     shapes = setup.communicated_shapes(bundle.ft)
     arrays = dict(bundle.initial_communicated)
     simulation = bool(cfg.data.cache)
-    num_clients = len(setup.client_names(cfg)) if simulation else cfg.fl.min_available_nodes
+    registry, num_clients = site_registry(cfg)
     strategy = make_strategy(cfg, num_clients)
     random.seed(cfg.seed)  # Flower's node sampling draws from the global `random`
     offset, wall_before = 0, 0.0
-    if cfg.resume and (ckpt := recorder.latest_checkpoint()) is not None:
+    ckpt = recorder.last_good_round() if cfg.resume else None
+    if ckpt is not None:
         offset, arrays = ckpt.round, ckpt.arrays
         strategy.load_optimizer_state(ckpt.strategy_state)
         random.setstate(_to_random_state(ckpt.meta["random_state"]))
         wall_before = float(ckpt.meta.get("wall_s", 0.0))
         recorder.truncate_after(offset)
         log.info("resuming after round %d of %d", offset, cfg.fl.rounds)
-    elif not cfg.resume:
+    else:
         recorder.metrics_path.unlink(missing_ok=True)
     recorder.write_config(cfg.to_toml())
-    strategy.attach(shapes, cfg.compress.downlink, cfg.seed, bundle.foundation_sha256, offset)
+    audit.append(
+        "run_started",
+        run_dir=recorder.dir.name,
+        strategy=cfg.fl.strategy,
+        clip_norm=cfg.fl.clip_norm,
+        rounds=cfg.fl.rounds,
+        resumed_after=offset,
+        sites=sorted(registry.by_site) if registry else None,
+        config_sha256=hashlib.sha256(cfg.to_toml().encode()).hexdigest(),
+    )
+    strategy.attach(
+        shapes,
+        cfg.compress.downlink,
+        cfg.seed,
+        bundle.foundation_sha256,
+        offset,
+        registry=registry,
+        node_wait=cfg.fl.round_timeout,
+        clip_norm=cfg.fl.clip_norm,
+    )
     scorer = BenchmarkScorer(cfg) if simulation else None
 
     def evaluate_fn(server_round: int, record) -> MetricRecord | None:
@@ -92,6 +152,7 @@ def run_server(grid, cfg: RunConfig) -> dict:
         entry: dict = {"round": current, "time_s": round(time.time() - t0 + wall_before, 2)}
         if server_round > 0:
             entry.update(strategy.ledger.pop())
+            audit_round(audit, entry)
         due = current % cfg.fl.eval_every == 0 or current == cfg.fl.rounds
         if scorer is not None and due:
             entry.update(scorer.score(current, tensors))
@@ -128,12 +189,61 @@ def run_server(grid, cfg: RunConfig) -> dict:
             evaluate_fn=evaluate_fn,
         )
         final = wire.from_record(result.arrays) if result.arrays is not None else arrays
-    recorder.write_model(final)
     if scorer is not None:
         _rescore_best_if_earlier(scorer, recorder)
+    model_round = chosen_round(recorder, scorer)
+    shipped = recorder.load_checkpoint(model_round).arrays if model_round else final
+    recorder.write_model(shipped)  # the validation-chosen round's weights, as exported
     summary = summarize(cfg, recorder, scorer, bundle, time.time() - t0 + wall_before)
+    summary["model_round"] = model_round
     recorder.write_summary(summary)
+    audit.append(
+        "run_finished",
+        status=summary["status"],
+        reason=summary.get("reason"),
+        model_round=model_round,
+        model_sha256=file_sha256(recorder.dir / "model.safetensors"),
+        rejected_replies=summary["rejected_replies"],
+    )
     return summary
+
+
+def audit_round(audit: AuditLog, entry: dict) -> None:
+    """Per round: which nodes replied with how many bytes, every rejection and why."""
+    audit.append(
+        "round",
+        round=entry["round"],
+        replied=[
+            {k: c.get(k) for k in ("site", "node", "bytes_up", "bytes_down", "num-examples")}
+            | (
+                {"num-examples-claimed": c["num-examples-claimed"]}
+                if "num-examples-claimed" in c
+                else {}
+            )
+            | ({"update_norm": c["update_norm"]} if "update_norm" in c else {})
+            for c in entry.get("clients", [])
+        ],
+        rejected=entry.get("rejected", []),
+        evaluated=[e.get("site") for e in entry.get("fed_eval", []) if "error" not in e],
+        notes=entry.get("notes", []),
+    )
+
+
+def chosen_round(recorder: RunRecorder, scorer: BenchmarkScorer | None) -> int:
+    """The round whose weights the run ships: best on validation (server-scored in simulation,
+    federated validation AUROC in a deployment), else the last completed round (0: none)."""
+    if scorer is not None and scorer.best is not None:
+        return int(scorer.best["round"])
+    rounds = [e for e in recorder.read_rounds() if e["round"] > 0]
+    scored = [
+        (e["fed_eval_auroc"], e["round"])
+        for e in rounds
+        if isinstance(e.get("fed_eval_auroc"), float) and np.isfinite(e["fed_eval_auroc"])
+    ]
+    if scored:
+        return max(scored, key=lambda item: (item[0], -item[1]))[1]
+    done = recorder.checkpoint_rounds()
+    return done[-1] if done else 0
 
 
 def summarize(
@@ -199,13 +309,9 @@ def _rescore_best_if_earlier(scorer: BenchmarkScorer, recorder: RunRecorder) -> 
     best_round = scored[int(np.argmax(aurocs))]["round"]
     if scorer.best is not None and scorer.best["round"] == best_round:
         return
-    from safetensors.numpy import load_file
-
     last = scorer.last
     scorer.best = None
-    scorer.score(
-        best_round, load_file(str(recorder.ckpt_dir / f"round_{best_round:04d}.safetensors"))
-    )
+    scorer.score(best_round, recorder.load_checkpoint(best_round, keep_strategy_state=False).arrays)
     scorer.last = last
 
 
