@@ -36,6 +36,9 @@ def export(
     except (ExportError, ValueError, OSError) as exc:
         _fail(exc)
     console.print(f"bundle written to {out}: {meta['arch']}, threshold {meta['threshold']:.4f}")
+    console.print(
+        f"bundle sha256 (publish it; check with predict --expected-sha256): {meta['bundle_sha256']}"
+    )
     if "onnx" in meta:
         diff = meta["onnx"]["parity_max_abs_logit_diff_vs_unmerged"]
         console.print(f"ONNX parity vs unmerged model: max |Δlogit| = {diff:.2e}")
@@ -50,6 +53,9 @@ def predict(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Write predictions.json/.csv here."),
     patient: str = typer.Option(None, "--patient", help="Only this patient of a dataset root."),
+    expected_sha256: str = typer.Option(
+        "", "--expected-sha256", help="The bundle hash the consortium published (bundle_sha256)."
+    ),
 ) -> None:
     """Per-finding csPCa probabilities for a new study (research only, not for clinical use)."""
     from fedprostate.data.formats.base import DataFormatError
@@ -58,7 +64,7 @@ def predict(
     from fedprostate.runs.predict import predict as run_predict
 
     try:
-        result = run_predict(model, study, findings, out, patient)
+        result = run_predict(model, study, findings, out, patient, expected_sha256)
     except (StudyError, DataFormatError, BundleError, OSError) as exc:
         _fail(exc)
     if out is None:

@@ -56,10 +56,13 @@ def federate(
     overrides: list[str] = SET_OPT,
     out: Path = typer.Option(None, "--out", "-o", help="Run folder to write."),
     resume: Path = typer.Option(None, "--resume", help="Continue this killed run folder."),
+    force: bool = typer.Option(
+        False, "--force", help="With --resume: accept a configuration that differs from the run's."
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's debug log."),
 ) -> None:
     """Federated fine-tuning in a Flower simulation (one SuperNode per client)."""
-    from fedprostate.runs.federated import RunFailedError
+    from fedprostate.runs.federated import ResumeRefusedError, RunFailedError
     from fedprostate.runs.federated import federate as run_federated
 
     if resume is not None:
@@ -72,10 +75,16 @@ def federate(
     else:
         cfg = _load(config, overrides)
     try:
-        summary = run_federated(cfg, out, resume=resume is not None, verbose=verbose)
+        summary = run_federated(cfg, out, resume=resume is not None, verbose=verbose, force=force)
+    except ResumeRefusedError as exc:
+        fail(exc)
     except RunFailedError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    if summary.get("resume") == "noop":
+        console.print(
+            f"run {out} already finished {summary['rounds']} rounds: nothing to do", soft_wrap=True
+        )
     _show(summary, out)
 
 

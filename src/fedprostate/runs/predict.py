@@ -71,7 +71,8 @@ def predict_studies(model, meta: dict, studies: list[Study]) -> dict:
             }
         )  # fmt: skip
     model_info = {
-        k: meta.get(k) for k in ("arch", "crop", "spacing", "mode", "weights_sha256", "threshold")
+        k: meta.get(k)
+        for k in ("arch", "crop", "spacing", "mode", "weights_sha256", "bundle_sha256", "threshold")
     }
     return {
         "model": model_info | {"intended_use": "research only, not for clinical use"},
@@ -103,9 +104,11 @@ def predict(
     findings: str | Path | None = None,
     out: str | Path | None = None,
     patient: str | None = None,
+    expected_sha256: str = "",
 ) -> dict:
-    """Load the bundle, read the studies, score them; write JSON/CSV to ``out`` when given."""
-    model, meta = load_bundle(bundle)
+    """Load the bundle (checked against ``expected_sha256``, the consortium's published bundle
+    hash, when given), read the studies, score them; write JSON/CSV to ``out`` when given."""
+    model, meta = load_bundle(bundle, expected_sha256=expected_sha256)
     prep = meta.get("preprocessing", {})
     studies = resolve_studies(
         study,
