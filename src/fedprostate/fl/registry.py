@@ -30,8 +30,10 @@ class SiteEntry:
     val: int  # registered validation size: the cap on an evaluation reply's num-examples
     public_key_sha256: str = ""
 
-    def cap(self, phase: str) -> int:
-        return self.train if phase == "train" else self.val
+    def cap(self, phase: str) -> int | None:
+        """The registered size of the split ``phase`` uses (None: not registered, 0)."""
+        size = self.train if phase == "train" else self.val
+        return size if size > 0 else None
 
 
 @dataclass
