@@ -242,6 +242,28 @@ def test_an_outsider_cannot_register_run_stop_or_unregister_at_the_public_addres
     assert node_id in dep.flwr(["supernode", "list", "fedprostate", "--format", "json"])
 
 
+def test_the_coordinator_registers_a_hospital_from_the_command_line(
+    deployment, tmp_path, monkeypatch
+):
+    """`fedprostate coordinator register`: Flower registration + registry entry + audit line."""
+    dep, _ = deployment
+    key = make_node_keys(tmp_path / "keys", "siteZ")
+    for name, value in dep.env().items():
+        monkeypatch.setenv(name, value)
+    registry, audit = tmp_path / "sites.json", tmp_path / "audit.jsonl"
+    args = ["coordinator", "register", "--key", str(key.public_key), "--site", "siteZ"]
+    args += ["--train", "30", "--val", "10", "--registry", str(registry), "--audit", str(audit)]
+    result = CliRunner().invoke(app, [*args, "--connection", "fedprostate"])
+    assert result.exit_code == 0, result.output
+    [(node, entry)] = json.loads(registry.read_text())["nodes"].items()
+    assert entry["site"] == "siteZ" and entry["train"] == 30 and entry["val"] == 10
+    assert node in dep.flwr(["supernode", "list", "fedprostate", "--format", "json"])
+    [event] = AuditLog(audit).read()
+    assert event["event"] == "site_registered" and str(event["node_id"]) == node
+    again = CliRunner().invoke(app, [*args, "--connection", "fedprostate"])
+    assert again.exit_code == 0 and len(AuditLog(audit).read()) == 1  # once only
+
+
 def test_an_unsigned_app_never_starts_at_a_site(deployment, tmp_path):
     """Finding 1: SuperNodes ran whatever app the SuperLink handed them."""
     dep, cache = deployment
