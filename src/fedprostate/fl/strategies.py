@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -44,6 +43,7 @@ from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.config import STRATEGIES, ConfigError, RunConfig
 from fedprostate.fl import robust, wire
+from fedprostate.fl.ledger import NodesSnapshot, RoundLedger
 from fedprostate.fl.registry import SiteRegistry
 from fedprostate.fl.replies import (
     EVALUATE_METRICS,
@@ -56,41 +56,6 @@ from fedprostate.fl.replies import (
 log = logging.getLogger("fedprostate.server")
 
 REPORT_KEY = "report"  # ConfigRecord in each reply: site name and codec (no patient data)
-
-
-@dataclass
-class RoundLedger:
-    """What happened in the current round, per client, filled by the hooks, read by the recorder."""
-
-    down: dict[int, int] = field(default_factory=dict)  # node id → bytes broadcast (train)
-    clients: list[dict] = field(default_factory=list)  # accepted train replies
-    rejected: list[dict] = field(default_factory=list)  # filtered replies and their reasons
-    evaluation: list[dict] = field(default_factory=list)  # federated evaluation per site
-    notes: list[str] = field(default_factory=list)  # skipped rounds, dropped aggregates
-    evaluated: dict = field(default_factory=dict)  # aggregated federated evaluation metrics
-
-    def pop(self) -> dict:
-        out = {"clients": self.clients, "rejected": self.rejected, "fed_eval": self.evaluation}
-        if self.notes:
-            out["notes"] = self.notes
-        if "auroc" in self.evaluated:
-            out["fed_eval_auroc"] = float(self.evaluated["auroc"])
-        self.down, self.clients, self.rejected, self.evaluation, self.notes = {}, [], [], [], []
-        self.evaluated = {}
-        return out
-
-
-class _NodesSnapshot:
-    """A Grid whose node list is fixed for one sampling (Flower's sampler then never waits)."""
-
-    def __init__(self, grid, nodes: list[int]):
-        self._grid, self._nodes = grid, nodes
-
-    def get_node_ids(self):
-        return list(self._nodes)
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
 
 
 class ProjectHooks:
@@ -126,7 +91,7 @@ class ProjectHooks:
         while True:
             nodes = sorted(grid.get_node_ids())
             if len(nodes) >= needed:
-                return _NodesSnapshot(grid, nodes)
+                return NodesSnapshot(grid, nodes)
             if time.monotonic() >= deadline:
                 note = (
                     f"round {server_round}: {phase} skipped: {len(nodes)} node(s) connected, "

@@ -49,7 +49,14 @@ from fedprostate.fl.deploy.app import (
 )
 from fedprostate.fl.deploy.certs import NodeKeys, ServerCertificates, make_node_keys
 from fedprostate.fl.deploy.certs import make_server_certificates as _make_certs
-from fedprostate.fl.deploy.processes import LOOPBACK, ManagedProcess, free_port, port_open
+from fedprostate.fl.deploy.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    follow,
+    free_port,
+    port_open,
+    written_after,
+)
 from fedprostate.fl.deploy.proxy import FleetProxy
 from fedprostate.fl.deploy.registration import register_node
 from fedprostate.fl.deploy.signing import (
@@ -330,13 +337,13 @@ class LocalDeployment:
         started = time.time()
         proc = self.submit(cfg, **submit)
         try:
-            follow(proc, self.echo, timeout, lambda: _written_after(summary, started))
+            follow(proc, self.echo, timeout, lambda: written_after(summary, started))
         except BaseException as exc:
             self.audit.append("run_stopped", by=getpass.getuser(), reason=type(exc).__name__)
             raise
         finally:
             proc.stop()
-        if not _written_after(summary, started):
+        if not written_after(summary, started):
             raise RuntimeError(
                 f"the run ended without writing {summary}; logs in {self.logs}:\n"
                 + proc.log_text()[-3000:]
@@ -360,28 +367,6 @@ class LocalDeployment:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _written_after(path: Path, t0: float) -> bool:
-    return path.exists() and path.stat().st_mtime >= t0
-
-
-def follow(
-    proc: ManagedProcess, echo: Callable[[str], None], timeout: float, done: Callable[[], bool]
-) -> None:
-    """Echo a process's log lines as they come until it exits, ``done()`` or the timeout."""
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while True:
-        text = proc.log_text()
-        for line in text[seen:].splitlines():
-            echo(line)
-        seen = len(text)
-        if not proc.running() or done():
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the run did not finish within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 def deploy_local(
