@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 
@@ -88,7 +89,7 @@ def test_the_front_forwards_exactly_the_fleet_routes_a_supernode_needs(tmp_path)
     fleet = {r.path.removeprefix("/v1/fleet/") for r in router.routes}
     assert set(FLEET_ROUTES) == fleet - {"register-node", "unregister-node"}
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not shutil.which("nginx") and not __import__("os").path.exists(nginx):
+    if not os.path.exists(nginx):
         pytest.skip("nginx not installed (.ci/run installs it)")
     from fedprostate.fl.deploy.certs import make_server_certificates
 
