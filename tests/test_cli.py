@@ -144,11 +144,10 @@ def test_preflight_prints_the_sha256sum_of_the_file_and_labels_the_backbone_hash
     )
     assert result.exit_code == 0, result.output
     file_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert f"file sha256 (what `sha256sum foundation.safetensors` prints): {file_sha}" in (
-        result.output
-    )
-    backbone = next(line for line in result.output.splitlines() if "consortium hash" in line)
-    assert backbone.strip().startswith("backbone weights sha256") and meta["sha256"] in backbone
+    # exactly the line `sha256sum FILE` prints, so IT can compare them by eye or with diff
+    assert f"    {file_sha}  {ckpt}" in result.output.splitlines()
+    backbone = next(line for line in result.output.splitlines() if "backbone sha256" in line)
+    assert "of the loaded weights" in backbone and meta["sha256"] in backbone
     assert file_sha != meta["sha256"]  # why the two must never be confused
 
 

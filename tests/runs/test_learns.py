@@ -1,4 +1,4 @@
-""""It trains" is guarded: a tiny federated run learns the clinical question above chance.
+""" "It trains" is guarded: a tiny federated run learns the clinical question above chance.
 
 The tiny cache (``fl_fixtures``) has, per patient, one reader finding whose csPCa label is
 visible as restricted diffusion and T2 darkening (with noise), and one sampled location. With a
