@@ -40,6 +40,7 @@ NOT_RUN_HERE = {
     "make test": "is this test suite",
     "make test-fast": "is this test suite without the slow tests",
     "make bench": "= python benchmarks/synth_throughput.py, run here with small sizes",
+    "make docs": "installs pdoc and writes docs/api; tests/test_docs.py runs pdoc on the API",
 }
 RUN_KNOBS = ["--set", "fl.rounds=1", "--set", "eval.n_boot=20"]
 BENCH_KNOBS = {
@@ -52,6 +53,9 @@ BENCH_KNOBS = {
                        "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
     "pretrain_vs_scratch.py": ["--rounds", "1"],
     "bad_input_corpus.py": [],
+    "poisoning.py": ["--rounds", "1", "--options", "fedavg"],
+    "clinical_task.py": ["--arch", "swin_test", "--crop", "32", "--rounds", "1", "--steps", "1",
+                         "--n-boot", "20"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 
