@@ -2,7 +2,8 @@
 
 On a prepared lesion cache of reader findings (``data prepare`` of a synthetic federation with
 its radiology table), runs the federated recipe (Flower simulation) and the same recipe
-centralized, then scores both on the test split's reader findings with patient-bootstrap CIs
+centralized (equal compute: the pooled round trains sites x ``train.steps`` steps, as many
+examples as the federated round), then scores both on the test split's reader findings with patient-bootstrap CIs
 and compares them, by the paired patient bootstrap, with the radiologist's PI-RADS, the
 mean-ADC rule (same findings) and PSA density (same patients), and federated with centralized
 (non-inferiority, margin 0.02). Every choice (round, threshold, temperature) is made on
@@ -82,16 +83,20 @@ def main() -> None:
     args = ap.parse_args()
     cfg = recipe(args)
     args.work.mkdir(parents=True, exist_ok=True)
-    runs = {"federated": (federate, args.work / "federated")}
+    runs = {"federated": (federate, args.work / "federated", cfg)}
     if not args.skip_centralized:
-        runs["centralized"] = (centralize, args.work / "centralized")
+        # Equal compute: a federated round trains every site for train.steps; the centralized
+        # round trains the pooled data for sites x train.steps (same examples seen per round).
+        sites = json.loads((args.cache / "meta.json").read_text(encoding="utf-8"))["sites"]
+        central = cfg.replace(**{"train.steps": cfg.train.steps * len(sites)})
+        runs["centralized"] = (centralize, args.work / "centralized", central)
     seconds = {}
-    for name, (fn, out) in runs.items():
+    for name, (fn, out, run_cfg) in runs.items():
         if not (out / "summary.json").exists():
             t0 = time.time()
-            fn(cfg, out)
+            fn(run_cfg, out)
             seconds[name] = time.time() - t0
-    data = {name: load_run(out) for name, (_, out) in runs.items()}
+    data = {name: load_run(out) for name, (_, out, _) in runs.items()}
     evals = {name: evaluate_run(d, n_boot=args.n_boot) for name, d in data.items()}
     fed = data["federated"]
     lesion = headline(fed.test)
