@@ -1,7 +1,8 @@
 """Checks that keep a wrong study out of the cache: geometry, coverage, content and identity.
 
 Every check raises :class:`StudyError` (or returns the problem as text) with a reason that names
-the real cause. The tolerances are constants here and stated in ``docs/readme/data-qa.md``:
+the real cause. The tolerances are constants here and stated in the README ("Bad input: nothing
+silently wrong"):
 
 * **Mask grids** (:func:`mask_on_t2`): a lesion / gland / anatomy mask must lie on the T2 grid, or
   on the ADC grid when it was drawn on the diffusion series: same size, direction cosines within
