@@ -31,8 +31,8 @@ from fedprostate.config import ALPHA, NONINFERIORITY_MARGIN, RunConfig
 from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores
 from fedprostate.eval.compare import compare_models
-from fedprostate.eval.verdicts import threshold, verdict_from_comparison
 from fedprostate.eval.metrics import evaluate_predictions
+from fedprostate.eval.verdicts import threshold, verdict_from_comparison
 from fedprostate.models.bundle import load_bundle
 from fedprostate.records import predictions
 from fedprostate.runs.export import export_run

@@ -51,18 +51,14 @@ def at_budget(costs: list[dict], key: str, budget: float) -> dict | None:
     fits = [c for c in costs if c[key] <= budget * (1 + 1e-9)]
     if not fits:
         return None
-    return max(fits, key=lambda c: (c["test"] if _finite(c["test"]) else -math.inf, -c["round"]))
+    return max(fits, key=lambda c: (c["val"] if _finite(c["val"]) else -math.inf, -c["round"]))
 
 
 def equal_budget_rows(arms: dict[str, list[list[dict]]], key: str) -> tuple[float | None, list]:
     """``arms``: label -> per-seed metrics.jsonl rounds. Returns (budget, rows) where rows are
     [label, mean round, mean cost, mean val AUROC, mean test AUROC, seeds]; arms that spend
     nothing of ``key`` (local-only MB, ...) are left out."""
-    costs = {
-        label: [round_costs(seed) for seed in seeds]
-        for label, seeds in arms.items()
-        if seeds
-    }
+    costs = {label: [round_costs(seed) for seed in seeds] for label, seeds in arms.items() if seeds}
     costs = {
         label: [c for c in seeds if c]
         for label, seeds in costs.items()
