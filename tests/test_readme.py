@@ -52,6 +52,7 @@ BENCH_KNOBS = {
                        "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
     "pretrain_vs_scratch.py": ["--rounds", "1"],
     "bad_input_corpus.py": [],
+    "gpu_study_slice.py": ["--sites", "2", "--patients", "8", "--rounds", "1", "--device", "cpu"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 

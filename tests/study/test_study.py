@@ -387,7 +387,7 @@ def test_every_arm_runs_each_seed_at_its_validation_chosen_rate(tmp_path, cache,
     comp = claims["claims"][0]["comparisons"][0]["comparison"]["bootstrap"]
     assert comp["seeds_a"] == comp["seeds_b"] == 3
     html = page.read_text(encoding="utf-8")
-    assert "Seed spread" in html and "Equal budgets" in html
+    assert "Seed spread" in html and "Equal budgets" in html and "half-width" in html
 
 
 def test_a_failing_cell_is_named_skipped_and_retried(tmp_path, cache, monkeypatch):

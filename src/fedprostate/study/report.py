@@ -68,7 +68,8 @@ def _delta(comp: dict) -> str:
         if comp["verdict"] != "not reproduced"
         else comp.get("p_against_holm")
     )
-    text = (f"{ci}, p(Holm)={fmt_p(p)}, {c['n_patients']} patients, "
+    half = (b["high"] - b["low"]) / 2 if b["low"] is not None and b["high"] is not None else None
+    text = (f"{ci} (half-width {fmt(half, 3)}), p(Holm)={fmt_p(p)}, {c['n_patients']} patients, "
             f"{b['seeds_a']}+{b['seeds_b']} seeds")  # fmt: skip
     return text + (f" — {comp['reason']}" if comp.get("reason") else "")
 
