@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,6 +96,12 @@ def run_slice(cfg: RunConfig, rounds: int, device: str) -> list[dict]:
     return out
 
 
+def _refuse(reason: str) -> None:
+    """Bad input: one line on stderr, exit 2."""
+    print(f"gpu_study_slice: {reason}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/study-full.toml")
@@ -110,9 +117,9 @@ def main() -> None:
     try:
         study = StudyConfig.load(args.config)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"gpu_study_slice: {args.config}: {exc}") from None
+        _refuse(f"{args.config}: {exc}")
     if args.rounds < 1:
-        raise SystemExit("gpu_study_slice: --rounds must be >= 1")
+        _refuse("--rounds must be >= 1")
     sites = args.sites or study.data.sites
     patients = args.patients or study.data.patients
     crop = args.crop or study.data.crop

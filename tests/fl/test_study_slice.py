@@ -61,5 +61,5 @@ def test_runs_tiny_on_cpu(tmp_path):
     assert [r["round"] for r in report["rounds"]] == [1] and report["study_cells"] == 60
     bad = subprocess.run([sys.executable, str(SCRIPT), "--config", str(tmp_path / "none.toml")],
                          env=env, capture_output=True, text=True, encoding="utf-8")  # fmt: skip
-    assert bad.returncode == 2 or (bad.returncode == 1 and "none.toml" in bad.stderr)
-    assert "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "none.toml" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
