@@ -140,6 +140,10 @@ def test_student_vs_teacher_verdict_follows_the_margin():
              for i, r in enumerate(teacher)]  # fmt: skip
     out = _comparison(teacher, close, 300, 0, "noninferior", 0.02)
     assert out["bootstrap"]["low"] < 0 and out["verdict"] == "reproduced"
+    # sampled normal tissue never enters the verdict (mutant: rows not filtered -> 800 findings)
+    tissue = [dict(r, finding_id="s1", source="sampled", label=0) for r in teacher]
+    mixed = _comparison(teacher + tissue, close + tissue, 300, 0, "noninferior", 0.02)
+    assert mixed["n_findings"] == 400 and mixed["bootstrap"]["low"] == out["bootstrap"]["low"]
 
 
 def test_footprint_counts_and_times():

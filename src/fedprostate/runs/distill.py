@@ -31,7 +31,7 @@ from fedprostate.config import ALPHA, NONINFERIORITY_MARGIN, RunConfig
 from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores
 from fedprostate.eval.compare import compare_models
-from fedprostate.eval.metrics import evaluate_predictions
+from fedprostate.eval.metrics import evaluate_predictions, headline
 from fedprostate.eval.verdicts import threshold, verdict_from_comparison
 from fedprostate.models.bundle import load_bundle
 from fedprostate.records import predictions
@@ -90,9 +90,11 @@ def teacher_test_rows(teacher: nn.Module, cfg: RunConfig) -> list[dict]:
 
 
 def _comparison(rows_a, rows_b, n_boot, seed, claim, margin) -> dict:
+    """Paired test on the headline findings only (reader marks and proposals: sampled normal
+    tissue never enters a verdict)."""
     comp = compare_models(
-        rows_a,
-        rows_b,
+        headline(rows_a),
+        headline(rows_b),
         n_boot=n_boot,
         seed=seed,
         level=1 - ALPHA,
