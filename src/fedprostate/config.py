@@ -50,6 +50,11 @@ DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 FINDING_SOURCES = ("reader", "proposal", "sampled", "organ")
 HEADLINE_SOURCES = ("reader", "proposal")
 APART_SOURCES = ("sampled",)
+# Pre-registered defaults of every verdict (study, distillation, benchmarks): significance level,
+# the AUROC loss a non-inferiority claim tolerates, the smallest gain a superiority claim needs.
+ALPHA = 0.05
+NONINFERIORITY_MARGIN = 0.02
+SUPERIORITY_MARGIN = 0.0
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp")
 ADAPTER_KEYS = ("adapter_dim", "adapter_blocks")
 

@@ -1,7 +1,6 @@
 """Metrics, patient bootstrap CIs, thresholds, calibration, aggregation and baselines."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -65,15 +64,14 @@ def test_weighted_kernels_match_sklearn_with_ties_and_weights():
         assert ap == pytest.approx(average_precision_score(y, s, sample_weight=w))
 
 
-def test_bootstrap_is_fast_for_500_findings():
+def test_bootstrap_of_500_findings_is_valid_and_reproducible():
+    """No timed assertion (speed lives in benchmarks/): every resample valid, seeded."""
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, 500)
     s = rng.normal(size=500) + y
     patients = rng.integers(0, 200, 500)
-    start = time.perf_counter()
     ci = bootstrap_ci(y, s, patients, "auroc", n_boot=1000, seed=0)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0
+    assert ci == bootstrap_ci(y, s, patients, "auroc", n_boot=1000, seed=0)
     assert ci["low"] < ci["estimate"] < ci["high"] and ci["n_valid"] == 1000
 
 

@@ -180,6 +180,18 @@ def test_refused_connections(deployment, tmp_path):
     assert "Failed to activate SuperNode" in logs["unregistered"]
     assert "CERTIFICATE_VERIFY_FAILED" in logs["wrong_ca"]
     assert "requires a secure TLS connection" in logs["plaintext_key"]
+    # The two plaintext SuperNodes above are refused by the SuperNode's own check (node auth
+    # needs TLS) or by node auth: neither shows that the *server* refuses plaintext. A plain
+    # HTTP request to the Fleet port does: nginx answers 400 (plain HTTP to an HTTPS port),
+    # while the same request over TLS reaches the Fleet route (401: no node-auth headers).
+    # Mutant: the Fleet front served without TLS -> the plain request gets 401 -> fails.
+    route = "/v1/fleet/pull-messages"
+    plain = requests.post(f"http://{dep.public_address}{route}", data=b"", timeout=10)
+    assert plain.status_code == 400 and "HTTPS" in plain.text
+    tls = requests.post(
+        f"https://{dep.public_address}{route}", data=b"", verify=dep.certs.ca_cert, timeout=10
+    )
+    assert tls.status_code == 401
     assert "Activated node_id" not in dep.superlink.log_text()
     # The registered key over TLS with the right CA is let in (the refusals were not an accident).
     dep.start_supernode("siteA", cache)

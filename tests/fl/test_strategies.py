@@ -77,3 +77,45 @@ def test_optimizer_state_round_trip_changes_the_next_step():
     a, b = _one_round(restored, 2), _one_round(dropped, 2)
     assert not np.array_equal(a["head.weight"], b["head.weight"])
     assert _strategy("fedavg").optimizer_state() == {}
+
+
+class _Grid:
+    """The two connected nodes a sampling sees (no SuperLink)."""
+
+    def get_node_ids(self):
+        return [11, 12]
+
+
+def _npy_bytes(tensors: dict[str, np.ndarray]) -> int:
+    """What ArrayRecord.count_bytes() counts, computed apart: each tensor's .npy file + name."""
+    import io
+
+    total = 0
+    for name, value in tensors.items():
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        total += len(buf.getvalue()) + len(name)
+    return total
+
+
+def test_train_and_evaluate_broadcasts_are_counted_exactly():
+    """Every node gets the global model twice per round (train, evaluate); each broadcast is
+    counted at its exact payload (fp32 downlink: the tensors' npy bytes + names). Mutants:
+    configure_evaluate passing no counter (the old zero), or counting one node only -> fail."""
+    from flwr.app import ConfigRecord
+
+    strategy = _strategy("fedavg")
+    strategy.fraction_evaluate = 1.0
+    global_model = _tensors(0.25)
+    arrays = wire.to_record(global_model)
+    per_node = _npy_bytes(global_model)
+    assert per_node == sum(len(k) for k in SHAPES) + 2 * 128 + 4 * (6 + 4)  # npy v1 headers
+    sent = list(strategy.configure_train(1, arrays, ConfigRecord(), _Grid()))
+    assert sorted(m.metadata.dst_node_id for m in sent) == [11, 12]
+    assert strategy.ledger.down == {11: per_node, 12: per_node}
+    sent = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), _Grid()))
+    assert len(sent) == 2
+    assert all(m.content["arrays"].count_bytes() == per_node for m in sent)
+    entry = strategy.ledger.pop()
+    assert entry["bytes_down_evaluate"] == 2 * per_node
+    assert strategy.ledger.pop()["bytes_down_evaluate"] == 0  # popped: counted once

@@ -117,3 +117,22 @@ def test_pretrain_command_reads_a_folder_of_unlabeled_studies_without_labels(tmp
     assert result.exit_code == 0, result.output
     meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["pretrain"]["n_crops"] > 0 and meta["crop"] == 32
+
+
+def test_simclr_views_flip_left_right_and_never_anterior_posterior():
+    """Channel 0 a top-to-bottom ramp (anterior bright), channel 1 a left-to-right ramp. Every
+    view keeps anterior above posterior (random crop, jitter and noise keep the ramp's sign);
+    about half the views are mirrored left-right. Mutants: the flip applied to the vertical
+    axis (theta[1, 1]) or to both, or no flip at all -> fail."""
+    from fedprostate.models.pretrain import augment
+
+    ramp = torch.linspace(1.0, -1.0, 32)
+    x = torch.zeros(200, 3, 32, 32)
+    x[:, 0] = ramp[:, None]
+    x[:, 1] = -ramp[None, :]  # right bright
+    out = augment(x, torch.Generator().manual_seed(0))
+    top, bottom = out[:, 0, :8].mean((1, 2)), out[:, 0, -8:].mean((1, 2))
+    assert bool((top > bottom).all())
+    left, right = out[:, 1, :, :8].mean((1, 2)), out[:, 1, :, -8:].mean((1, 2))
+    mirrored = (left > right).float().mean()
+    assert 0.35 < mirrored < 0.65

@@ -1,4 +1,8 @@
-"""Every report figure writes a real PNG; the data URI embeds it."""
+"""Every report figure writes a real PNG that shows its data; the data URI embeds it.
+
+A PNG header alone would pass for an empty figure: each test also decodes the image and checks
+that different data draws different pixels (mutant: a plot function that draws no data -> the
+two images are identical -> fails)."""
 
 import base64
 
@@ -24,6 +28,20 @@ def _is_png(path):
     return data.startswith(PNG_MAGIC) and len(data) > 2000
 
 
+def _pixels(path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return imread(path)
+
+
+def _shows_data(plot, data, other, tmp_path, name) -> bool:
+    """``plot`` draws ``data`` and ``other`` differently, and the same data the same way."""
+    a = _pixels(plot(data, tmp_path / f"{name}_a.png"))
+    again = _pixels(plot(data, tmp_path / f"{name}_a2.png"))
+    b = _pixels(plot(other, tmp_path / f"{name}_b.png"))
+    return np.array_equal(a, again) and a.shape == b.shape and not np.array_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def predictions():
     rng = np.random.default_rng(0)
@@ -44,6 +62,8 @@ def test_roc_and_reliability(tmp_path, predictions):
     )
     rel = plot_reliability({"model": (y, p), "sharpened": (y, p**3)}, tmp_path / "sub" / "rel.png")
     assert _is_png(roc) and _is_png(rel)
+    assert _shows_data(plot_roc_curves, {"m": (y, p)}, {"m": (y, p**0.2 + 0.3 * y)}, tmp_path, "r")
+    assert _shows_data(plot_reliability, {"m": (y, p)}, {"m": (y, p**3)}, tmp_path, "rel")
     with pytest.raises(ValueError, match="probabilities"):
         plot_reliability({"logits": (y, 5 * p - 2)}, tmp_path / "bad.png")
     with pytest.raises(ValueError):
@@ -55,6 +75,8 @@ def test_per_site_bars(tmp_path, predictions):
     res = evaluate_predictions(rows, n_boot=100)
     path = plot_per_site({"swin": res, "resnet": res["per_site"]}, tmp_path / "sites.png")
     assert _is_png(path)
+    flipped = evaluate_predictions([dict(r, score=1 - r["score"]) for r in rows], n_boot=100)
+    assert _shows_data(plot_per_site, {"swin": res}, {"swin": flipped}, tmp_path, "s")
 
 
 def test_round_and_pareto_plots(tmp_path):
@@ -63,11 +85,16 @@ def test_round_and_pareto_plots(tmp_path):
         "fedadam": [(r, 0.65 + 0.02 * r) for r in range(1, 6)],
     }
     assert _is_png(plot_auroc_vs_round(histories, tmp_path / "rounds.png"))
+    falling = {"fedavg": [(r, 0.9 - 0.05 * r) for r in range(1, 6)]}
+    rising = {"fedavg": [(r, 0.6 + 0.05 * r) for r in range(1, 6)]}
+    assert _shows_data(plot_auroc_vs_round, rising, falling, tmp_path, "rounds")
     arms = {
         "fp32": [(4.0 * r, 0.6 + 0.03 * r) for r in range(1, 6)],
         "int8": [{"cum_mb": 1.0 * r, "auroc": 0.6 + 0.028 * r} for r in range(1, 6)],
     }
     assert _is_png(plot_auroc_vs_mb(arms, tmp_path / "pareto.png"))
+    cheaper = {"fp32": [(0.1 * r, 0.6 + 0.03 * r) for r in range(1, 6)]}
+    assert _shows_data(plot_auroc_vs_mb, {"fp32": arms["fp32"]}, cheaper, tmp_path, "mb")
     with pytest.raises(ValueError, match="MB"):
         plot_auroc_vs_mb({"bad": [(0.0, 0.5)]}, tmp_path / "bad.png")
 

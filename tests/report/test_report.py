@@ -55,6 +55,12 @@ def test_run_report_is_computed_from_the_predictions(run_dir):
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     assert fmt_ci(auroc) in md  # the table shows the computed value with its CI
     assert "mean-ADC rule" in md and "PSA density" in md and "PI-RADS" in md
+    # PSA density is one number per patient: no lesion-level AUROC/AP in its row (mutant: the
+    # patient numbers repeated in the lesion columns -> fails)
+    psad = next(line for line in md.splitlines() if line.startswith("| PSA density |"))
+    cells = [c.strip() for c in psad.strip("|").split("|")]
+    assert cells[3] == "– (patient level)" and cells[4] == "–"
+    assert cells[5] == fmt_ci(evaluation["baselines"]["PSA density"]["patient"]["auroc"])
     assert page.name == "report.html"
 
 

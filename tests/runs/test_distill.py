@@ -105,6 +105,47 @@ def test_load_teacher_is_frozen_and_matches_bundle(teacher):
         torch.testing.assert_close(model(x), load_bundle(bundle)[0](x))
 
 
+def _auroc(rows) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    rows = [r for r in rows if r["source"] in ("reader", "proposal")]
+    return float(roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows]))
+
+
+def _scored(n_patients: int, gain: float, seed: int, noise: float = 1.0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n_patients)
+    return [
+        {"site": "S", "patient_id": str(i), "finding_id": "f1", "source": "reader",
+         "label": int(t), "score": float(gain * t + noise * rng.normal())}
+        for i, t in enumerate(y)
+    ]  # fmt: skip
+
+
+def test_student_vs_teacher_verdict_follows_the_margin():
+    """The student-vs-teacher verdict is computed, not typed: a student far worse than its
+    teacher is 'not reproduced', a same-ranking copy decides nothing (zero variance), a student
+    with the same signal and its own noise on 400 patients is 'reproduced'. Mutants: the claim
+    passed as superiority, the margin ignored, or the zero-variance rule dropped -> fail."""
+    from fedprostate.runs.distill import _comparison
+
+    teacher = _scored(400, 3.0, 0)
+    worse = [dict(r, score=r["score"] * 0.0 + np.random.default_rng(i).normal())
+             for i, r in enumerate(teacher)]  # fmt: skip
+    assert _comparison(teacher, worse, 300, 0, "noninferior", 0.02)["verdict"] == "not reproduced"
+    copy = [dict(r, score=2 * r["score"] + 1) for r in teacher]  # same ranking
+    out = _comparison(teacher, copy, 300, 0, "noninferior", 0.02)
+    assert out["verdict"] == "inconclusive" and out["bootstrap"]["flat"]
+    close = [dict(r, score=r["score"] + 0.05 * np.random.default_rng(i).normal())
+             for i, r in enumerate(teacher)]  # fmt: skip
+    out = _comparison(teacher, close, 300, 0, "noninferior", 0.02)
+    assert out["bootstrap"]["low"] < 0 and out["verdict"] == "reproduced"
+    # sampled normal tissue never enters the verdict (mutant: rows not filtered -> 800 findings)
+    tissue = [dict(r, finding_id="s1", source="sampled", label=0) for r in teacher]
+    mixed = _comparison(teacher + tissue, close + tissue, 300, 0, "noninferior", 0.02)
+    assert mixed["n_findings"] == 400 and mixed["bootstrap"]["low"] == out["bootstrap"]["low"]
+
+
 def test_footprint_counts_and_times():
     from fedprostate.models.backbones import create_backbone
 
@@ -148,7 +189,10 @@ def test_federated_and_centralized_distillation_report(teacher):
     kd = report["students"]["student_kd"]
     assert kd["parameters"] < report["teacher"]["parameters"]
     assert kd["vs_teacher"]["claim"] == "noninferior" and kd["vs_teacher"]["margin"] == 0.02
-    assert kd["vs_teacher"]["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    boot = kd["vs_teacher"]["bootstrap"]
+    assert boot["auroc_b"] == pytest.approx(_auroc(students["student_kd"]["rows"]))
+    expected = "reproduced" if boot["low"] > -0.02 and not boot["flat"] else None
+    assert expected is None or kd["vs_teacher"]["verdict"] == expected
     assert "vs_student_without_teacher" in kd
     assert kd["speedup_latency"] == pytest.approx(
         report["teacher"]["latency_ms_batch1"] / kd["latency_ms_batch1"]

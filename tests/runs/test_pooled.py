@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from fedprostate.runs.pooled import centralize, local_only
 from fl_fixtures import tiny_config, write_tiny_cache
@@ -34,6 +35,8 @@ def test_centralized_pools_every_site_and_chooses_the_best_round_on_validation(c
     assert set(summary["per_site_test_auroc"]) == {"siteA", "siteB", "siteC"}
     assert summary["trainable_params"] > 0 and (tmp_path / "c" / "model.safetensors").exists()
     assert (tmp_path / "c" / "config.toml").exists()
+    # equal local compute: a centralized round is a federated round of all 3 sites (steps x 3)
+    assert all(r["examples_seen"] == 3 * cfg.train.steps * cfg.train.batch_size for r in rounds)
 
 
 def test_local_only_trains_each_site_alone_and_scores_own_and_pooled_test(cfg, tmp_path):
@@ -50,3 +53,9 @@ def test_local_only_trains_each_site_alone_and_scores_own_and_pooled_test(cfg, t
     test = _rows(tmp_path / "l" / "predictions_test_best.csv")
     assert len(test) == len({(r["site"], r["patient_id"], r["finding_id"]) for r in test})
     assert summary["uplink_mb_per_client_round"] == 0.0
+    # the number the study chooses the local-only arm's learning rate by: AUROC over every
+    # site's own validation findings at its validation-chosen round (no test number)
+    val = [r for r in _rows(tmp_path / "l" / "predictions_val_best.csv") if r["source"] == "reader"]
+    expected = roc_auc_score([int(r["label"]) for r in val], [float(r["score"]) for r in val])
+    assert summary["val_auroc"] == pytest.approx(expected)
+    assert all(r["examples_seen"] == cfg.train.steps * cfg.train.batch_size for r in rounds)

@@ -24,6 +24,8 @@ name = "test study"
 alpha = 0.05
 margin_noninferiority = 0.02
 n_boot = 200
+min_test_patients = 30
+min_test_positives = 10
 notes = ["tiny test study"]
 
 [data]
@@ -35,6 +37,7 @@ enabled = false
 
 [tuning]
 learning_rates = [{lrs}]
+seeds = [{seeds}]
 
 [arms]
 backbones = {{ swin = "swin_test", resnet = "resnet_test", vit = "vit_test" }}
@@ -52,9 +55,9 @@ def cache(tmp_path_factory):
     return write_tiny_cache(tmp_path_factory.mktemp("study") / "cache", patients_per_site=40)
 
 
-def _config(tmp_path: Path, cache: Path, lrs: str = "1e-3") -> Path:
+def _config(tmp_path: Path, cache: Path, lrs: str = "1e-3", seeds: str = "0") -> Path:
     path = tmp_path / "study.toml"
-    path.write_text(STUDY.format(cache=cache, lrs=lrs), encoding="utf-8")
+    path.write_text(STUDY.format(cache=cache, lrs=lrs, seeds=seeds), encoding="utf-8")
     return path
 
 
@@ -110,7 +113,7 @@ def _fake_run(quality: dict[str, float], counter: list):
         (out / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
         arm = out.name.split("@")[0]
         q = quality.get(arm, 1.0) + (0.5 if cfg.train.lr > 2e-3 else 0.0)
-        rng = np.random.default_rng(len(arm))
+        rng = np.random.default_rng([len(arm), cfg.seed])
         rows = load_index(cfg.data.cache)
         for split in ("val", "test"):
             sel = [r for r in rows if r["split"] == split]
@@ -132,7 +135,9 @@ def _fake_run(quality: dict[str, float], counter: list):
                     {
                         "round": k,
                         "val": {"auroc": 0.5 + 0.1 * k * q / 4},
-                        "clients": [{"bytes_up": 1000, "bytes_down": 2000}],
+                        "test": {"auroc": 0.6},
+                        "clients": [{"bytes_up": 1000 * k, "bytes_down": 2000}],
+                        "examples_seen": 64,
                     }
                 )
                 + "\n"
@@ -206,7 +211,9 @@ def _rows(n_patients: int, scores_for, seed: int = 0) -> list[dict]:
     return rows
 
 
-PREREG = Preregistration(alpha=0.05, margin_noninferiority=0.02, n_boot=300)
+PREREG = Preregistration(
+    alpha=0.05, margin_noninferiority=0.02, n_boot=300, min_test_patients=40, min_test_positives=10
+)
 
 
 def test_verdict_reproduced_when_b_is_clearly_better():
@@ -220,13 +227,17 @@ def test_verdict_reproduced_when_b_is_clearly_better():
     assert compare_arms(strong, weak, Comparison("b", "a"), PREREG)["verdict"] == "not reproduced"
 
 
-def test_identical_arms_are_not_superior_but_are_noninferior():
+def test_identical_arms_decide_nothing():
+    """Two arms that rank every finding the same give Δ* = 0 in every resample (CI [0, 0]):
+    that is no evidence of non-inferiority. Mutant: the zero-variance check removed from
+    compare_arms -> 'reproduced' -> fails."""
     rows = _rows(60, lambda y, rng: y + rng.normal())
     same = [dict(r) for r in rows]
     sup = compare_arms(rows, same, Comparison("a", "b"), PREREG)
-    assert sup["verdict"] == "inconclusive"  # delta 0: no gain shown, none excluded
+    assert sup["verdict"] == "inconclusive"
     non = compare_arms(rows, same, Comparison("a", "b", "noninferior"), PREREG)
-    assert non["verdict"] == "reproduced"  # CI [0, 0] lies above -margin
+    assert non["verdict"] == "inconclusive" and "zero-variance" in non["reason"]
+    assert non["verdict_ungated"] == "reproduced"  # what the CI rule alone would have said
 
 
 def test_claims_need_all_comparisons(tmp_path):
@@ -264,3 +275,142 @@ def test_lesion_vs_organ_is_paired_on_every_patient_and_never_on_sampled_tissue(
     assert scores["2"] == scores["3"] < 0.9  # nothing marked: negative by reading
     a, _ = paired_rows(lesion, lesion, "lesion")  # lesion level: the reader's mark only
     assert [r["finding_id"] for r in a] == ["M1"]
+
+
+def test_minimum_test_size_gates_every_verdict():
+    """Mutant: the size gate removed from compare_arms -> 'reproduced' on 20 patients -> fails."""
+    weak = _rows(60, lambda y, rng: rng.normal())
+    strong = [dict(r, score=3.0 * r["label"] + np.random.default_rng(i).normal())
+              for i, r in enumerate(weak)]  # fmt: skip
+    assert compare_arms(weak, strong, Comparison("a", "b"), PREREG)["verdict"] == "reproduced"
+    few = [r for r in weak if int(r["patient_id"]) < 20]
+    few_b = [r for r in strong if int(r["patient_id"]) < 20]
+    small = compare_arms(few, few_b, Comparison("a", "b"), PREREG)
+    assert small["verdict"] == "inconclusive" and "20 test patients" in small["reason"]
+    strict = Preregistration(n_boot=300, min_test_patients=40, min_test_positives=200)
+    assert "positives" in compare_arms(weak, strong, Comparison("a", "b"), strict)["reason"]
+
+
+def test_no_verdict_unless_the_reference_arm_is_above_chance():
+    """The reference arm scores at chance; FedAvg is anti-correlated, so 'FedAdam beats FedAvg'
+    would be reproduced by the CI rule. Mutant: the reference gate skipped -> fails."""
+    chance = _rows(80, lambda y, rng: rng.normal(), seed=1)
+    worse = [dict(r, score=-2.0 * r["label"] + np.random.default_rng(i).normal())
+             for i, r in enumerate(chance)]  # fmt: skip
+    out = evaluate_claims({REFERENCE: chance, "agg-fedavg": worse}, {}, PREREG)
+    claim = next(c for c in out["claims"] if c["id"] == "5")
+    assert not out["reference_gate"]["passed"]
+    assert claim["comparisons"][0]["verdict_ungated"] == "reproduced"
+    assert claim["verdict"] == "inconclusive"
+    assert "not above 0.5" in claim["comparisons"][0]["reason"]
+
+
+def test_holm_runs_over_the_whole_primary_family(monkeypatch):
+    """Seven primary comparisons, each significant alone (p = 0.01 < 0.05): after Holm over
+    the family of 7 none is (0.01 x 7 = 0.07). Mutant: Holm per claim (or none) -> fails."""
+    from fedprostate.study import claims as claims_mod
+
+    def fake(rows_a, rows_b, comp, prereg, seed=0, patients=None):
+        return {"a": comp.a, "b": comp.b, "test": comp.test, "level": comp.level,
+                "verdict": "reproduced", "p_for": 0.01, "p_against": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(claims_mod, "compare_arms", fake)
+    monkeypatch.setattr(claims_mod, "reference_gate", lambda *a, **k: {"passed": True})
+    arms = {a: [] for c in claims_mod.primary_comparisons() for a in (c.a, c.b)}
+    out = evaluate_claims(arms, {}, PREREG)
+    assert out["multiplicity"]["primary"] == 7
+    verdicts = [c["verdict"] for c in out["claims"]]
+    assert verdicts == ["inconclusive"] * 5
+    assert all(r["p_for_holm"] == pytest.approx(0.07) for c in out["claims"]
+               for r in c["comparisons"])  # fmt: skip
+
+
+class _Spy(dict):
+    """A summary that records which keys the code under test reads."""
+
+    read: list[str] = []
+
+    def get(self, key, default=None):
+        _Spy.read.append(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        _Spy.read.append(key)
+        return super().__getitem__(key)
+
+
+def test_learning_rate_choice_never_reads_a_test_number(tmp_path, cache, monkeypatch):
+    """Validation prefers lr 1e-3, every test number prefers 3e-3 (poisoned: 1e9, NaN, a
+    local-only arm without pooled validation). The choice must follow validation only, and no
+    key naming a test split may even be read. Mutant: the old choose_arms (test AUROC for
+    local-only, pooled test as a fallback) -> fails both ways."""
+    cfg, paths, arms, cells = _plan(_config(tmp_path, cache, "1e-3, 3e-3"), tmp_path / "out")
+    out = tmp_path / "out"
+    for c in cells:
+        folder = c.folder(out)
+        folder.mkdir(parents=True)
+        low = c.lr < 2e-3
+        summary = {"kind": c.kind if c.kind != "local" else "local",
+                   "val_auroc": 0.8 if low else 0.6,
+                   "test_auroc": 0.1 if low else 1e9, "mean_pooled_test_auroc": 0.0 if low else 1.0,
+                   "last_round_test_auroc": float("nan") if low else 1.0,
+                   "per_site": {"s": {"own_test_auroc": 0.0 if low else 1.0}}}  # fmt: skip
+        (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    chosen = runner.choose_arms(arms, cells, out)
+    assert {a: c["lr"] for a, c in chosen.items()} == {a.id: 1e-3 for a in arms}
+    _Spy.read = []
+    monkeypatch.setattr(runner, "read_summary", lambda folder: _Spy(json.loads(
+        (folder / "summary.json").read_text(encoding="utf-8"))))  # fmt: skip
+    runner.choose_arms(arms, cells, out)
+    assert _Spy.read and not [k for k in _Spy.read if "test" in k]
+
+
+def test_every_arm_runs_each_seed_at_its_validation_chosen_rate(tmp_path, cache, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(runner, "run_function", lambda kind: _fake_run({REFERENCE: 3.0}, calls))
+    config, out = _config(tmp_path, cache, "1e-3, 3e-3", seeds="0, 1, 2"), tmp_path / "out"
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        'name = "test study"\n', 'sections = ["aggregator"]\n'), encoding="utf-8")  # fmt: skip
+    console = Console(record=True, width=250)
+    runner.run_study(config, out, dry_run=True, console=console)
+    assert "reference@lr0.001@seed1" in console.export_text()  # provisional until chosen
+    page = runner.run_study(config, out, console=console)
+    # 4 aggregator arms: 2 tuning cells (seed 0) + 2 seed cells at the chosen (higher) rate
+    assert len(calls) == 4 * (2 + 2)
+    assert "reference@lr0.003@seed2" in calls and "reference@lr0.001@seed1" not in calls
+    chosen = json.loads((out / "arms.json").read_text(encoding="utf-8"))
+    assert chosen[REFERENCE]["seeds"] == {"0": "reference@lr0.003", "1": "reference@lr0.003@seed1",
+                                          "2": "reference@lr0.003@seed2"}  # fmt: skip
+    saved = RunConfig.load(out / "cells" / "reference@lr0.003@seed2" / "config.toml", saved=True)
+    assert saved.seed == 2 and saved.train.lr == 3e-3
+    claims = json.loads((out / "claims.json").read_text(encoding="utf-8"))
+    comp = claims["claims"][0]["comparisons"][0]["comparison"]["bootstrap"]
+    assert comp["seeds_a"] == comp["seeds_b"] == 3
+    html = page.read_text(encoding="utf-8")
+    assert "Seed spread" in html and "Equal budgets" in html and "half-width" in html
+
+
+def test_a_failing_cell_is_named_skipped_and_retried(tmp_path, cache, monkeypatch):
+    calls: list[str] = []
+    good = _fake_run({}, calls)
+
+    def flaky(cfg, out):
+        if Path(out).name.startswith("agg-fedyogi"):
+            raise RuntimeError("disk full\nsecond line")
+        return good(cfg, out)
+
+    monkeypatch.setattr(runner, "run_function", lambda kind: flaky)
+    config, out = _config(tmp_path, cache), tmp_path / "out"
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        'name = "test study"\n', 'sections = ["aggregator"]\n'), encoding="utf-8")  # fmt: skip
+    console = Console(record=True, width=200)
+    runner.run_study(config, out, console=console, report=False)
+    text = console.export_text()
+    assert "cell agg-fedyogi failed, skipped: RuntimeError: disk full" in text
+    failed = json.loads((out / "cells" / "agg-fedyogi" / "failed.json").read_text("utf-8"))
+    assert failed["error"] == "RuntimeError: disk full"
+    assert "agg-fedyogi" not in json.loads((out / "arms.json").read_text(encoding="utf-8"))
+    monkeypatch.setattr(runner, "run_function", lambda kind: good)
+    calls.clear()
+    runner.run_study(config, out, console=console, report=False)
+    assert calls == ["agg-fedyogi"]

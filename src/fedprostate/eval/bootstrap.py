@@ -145,6 +145,34 @@ def bootstrap_statistic(
     return np.concatenate(out, axis=0)
 
 
+def seed_means(per_seed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[B, S] statistic per (resample, training seed) -> [B]: the mean over S seeds drawn with
+    replacement, independently per resample (the seed level of a crossed bootstrap). With one
+    seed it is that seed's column, and ``rng`` is not used."""
+    per_seed = np.asarray(per_seed, dtype=float)
+    if per_seed.shape[1] == 1:
+        return per_seed[:, 0]
+    idx = rng.integers(0, per_seed.shape[1], size=per_seed.shape)
+    return np.take_along_axis(per_seed, idx, 1).mean(axis=1)
+
+
+def seeded_auroc_ci(
+    labels, scores, patient_ids: Sequence, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """AUROC of a model trained with S seeds (``scores`` [S, n] or [n]): the seed-mean AUROC and
+    its crossed patient × seed bootstrap CI (patients, then seeds, drawn with replacement)."""
+    y = np.asarray(labels, dtype=float)
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+
+    def kernel(w):
+        return np.stack([weighted_auroc(y, row, w) for row in s], axis=1)
+
+    estimate = float(kernel(np.ones((1, len(y))))[0].mean())
+    per_seed = bootstrap_statistic(patient_ids, kernel, n_boot=n_boot, seed=seed)
+    samples = seed_means(per_seed, np.random.default_rng([seed, 1]))
+    return ci_dict(estimate, samples, level) | {"seeds": len(s)}
+
+
 def percentile_ci(samples, level: float = 0.95) -> tuple[float | None, float | None]:
     """Percentile interval of bootstrap samples, ignoring NaN (resamples lacking a class)."""
     v = np.asarray(samples, dtype=float)

@@ -1,12 +1,16 @@
-"""Paired comparison of two models scored on the same test findings, and claim verdicts.
+"""Paired comparison of two models scored on the same test findings.
 
 Two tests are offered:
 - ``paired_bootstrap``: resamples *patients* (all their findings), applies the same resample to
-  both models, and reports the percentile CI and a two-sided p-value of delta AUROC = B - A.
-  It respects the clustering of findings within patients: this is the primary test.
+  both models, and reports the percentile CI and p-values of Δ AUROC = B − A; with several
+  training seeds per model it also resamples each model's seeds (crossed patient × seed
+  bootstrap). It respects the clustering of findings within patients: this is the primary test.
 - ``delong_test``: DeLong, DeLong & Clarke-Pearson (1988) for two correlated AUROCs, computed
   with the fast midrank algorithm (Sun & Xu 2014). It treats findings as independent, so with
   several findings per patient it is anti-conservative; report it as secondary.
+
+What a comparison may conclude (thresholds, zero-variance, Holm, minimum test size) is
+``fedprostate.eval.verdicts``.
 """
 
 from __future__ import annotations
@@ -16,13 +20,24 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from fedprostate.eval.bootstrap import bootstrap_statistic, percentile_ci, weighted_auroc
+from fedprostate.eval.bootstrap import (
+    bootstrap_statistic,
+    percentile_ci,
+    seed_means,
+    weighted_auroc,
+)
 from fedprostate.eval.metrics import check_rows, patient_key
+from fedprostate.eval.verdicts import (  # noqa: F401 (verdict rules live in eval.verdicts)
+    CLAIMS,
+    VERDICTS,
+    bootstrap_p,
+    noninferior,
+    verdict,
+    verdict_from_comparison,
+    zero_variance,
+)
 from fedprostate.records import predictions
 from fedprostate.records.predictions import PredictionsError
-
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
-CLAIMS = ("superior", "noninferior")
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
@@ -112,43 +127,68 @@ def paired_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    threshold: float = 0.0,
 ) -> dict:
-    """Paired patient bootstrap of delta AUROC = B - A.
+    """Paired bootstrap of Δ AUROC = B − A over patients, and over seeds when given several.
 
-    p-value (two-sided, percentile): 2 * min(#{delta* <= 0} + 1, #{delta* >= 0} + 1) / (B + 1),
-    capped at 1, over valid resamples B; it is < alpha exactly when the (1 - alpha) percentile
-    interval lies on one side of 0 (up to the +1 correction).
+    ``scores_a``/``scores_b`` are [n] (one training run) or [S, n] (one row per training seed).
+    Each resample draws *patients* with replacement (all their findings; the same draw for both
+    arms: paired) and, independently per arm, that arm's seeds with replacement (crossed
+    patient × seed bootstrap); Δ* = mean over the drawn seeds of B − mean over those of A. With
+    one seed per arm this is the plain paired patient bootstrap. The estimate is the difference
+    of the seed-mean AUROCs.
+
+    p_value (two-sided, at 0): 2 · min(#{Δ* ≤ 0} + 1, #{Δ* ≥ 0} + 1) / (B + 1), capped at 1;
+    p_for / p_against at ``threshold`` (``eval.verdicts.bootstrap_p``); ``flat`` marks a
+    zero-variance bootstrap (no verdict can rest on it).
     """
     y = np.asarray(labels).astype(int)
-    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
-    if not (len(y) == len(a) == len(b) == len(patient_ids)):
+    a = np.atleast_2d(np.asarray(scores_a, dtype=float))
+    b = np.atleast_2d(np.asarray(scores_b, dtype=float))
+    if not (len(y) == a.shape[1] == b.shape[1] == len(patient_ids)):
         raise ValueError("labels, both score vectors and patient_ids must have equal length")
+    sa = len(a)
+    rows = np.vstack([a, b])
 
-    def kernel(w):
-        return weighted_auroc(y, b, w) - weighted_auroc(y, a, w)
+    def kernel(w):  # [k, n] weights -> [k, Sa + Sb] AUROCs
+        return np.stack([weighted_auroc(y, s, w) for s in rows], axis=1)
 
-    ones = np.ones((1, len(y)))
-    delta = float(kernel(ones)[0])
-    samples = bootstrap_statistic(patient_ids, kernel, n_boot=n_boot, seed=seed)
+    full = kernel(np.ones((1, len(y))))[0]
+    per_seed = bootstrap_statistic(patient_ids, kernel, n_boot=n_boot, seed=seed)
+    samples = seed_resample(per_seed, sa, seed)
     valid = samples[np.isfinite(samples)]
     low, high = percentile_ci(valid, level)
-    if len(valid):
-        tail = min((valid <= 0).sum(), (valid >= 0).sum())
-        p_value = float(min(1.0, 2 * (tail + 1) / (len(valid) + 1)))
-    else:
-        p_value = None
+    p_value = bootstrap_p(valid, 0.0)
+    p_for, p_against = bootstrap_p(valid, threshold)
     return {
-        "auroc_a": float(weighted_auroc(y, a, ones)[0]),
-        "auroc_b": float(weighted_auroc(y, b, ones)[0]),
-        "delta": delta,
+        "auroc_a": float(full[:sa].mean()),
+        "auroc_b": float(full[sa:].mean()),
+        "auroc_a_seeds": [float(x) for x in full[:sa]],
+        "auroc_b_seeds": [float(x) for x in full[sa:]],
+        "delta": float(full[sa:].mean() - full[:sa].mean()),
         "low": low,
         "high": high,
-        "p_value": p_value,
+        "sd": float(valid.std(ddof=1)) if len(valid) > 1 else None,
+        "p_value": None if p_value[0] is None else min(p_value),
+        "threshold": threshold,
+        "p_for": p_for,
+        "p_against": p_against,
+        "flat": zero_variance(valid),
         "n_valid": int(len(valid)),
         "n_boot": n_boot,
         "seed": seed,
         "level": level,
+        "seeds_a": sa,
+        "seeds_b": len(b),
     }
+
+
+def seed_resample(per_seed: np.ndarray, n_a: int, seed: int) -> np.ndarray:
+    """Δ* per resample from [B, Sa + Sb] per-seed AUROCs: each arm's seeds drawn with
+    replacement (independently), B's mean minus A's mean. One seed each: the plain difference."""
+    rng = np.random.default_rng([seed, 1])
+    mean_a = seed_means(per_seed[:, :n_a], rng)
+    return seed_means(per_seed[:, n_a:], rng) - mean_a
 
 
 def match_predictions(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> tuple:
@@ -188,78 +228,45 @@ def match_predictions(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> tuple:
     )
 
 
-def compare_models(rows_a, rows_b, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Paired bootstrap (primary) and DeLong (secondary) for delta AUROC = B - A."""
-    labels, a, b, pids = match_predictions(rows_a, rows_b)
+def match_seeded(seeds_a: Sequence[Sequence[dict]], seeds_b: Sequence[Sequence[dict]]) -> tuple:
+    """Align several training seeds of two models on (site, patient, finding).
+
+    Every seed of both models must score the same findings with the same labels. Returns
+    labels [n], A scores [Sa, n], B scores [Sb, n], patient keys [n]."""
+    if not seeds_a or not seeds_b:
+        raise ValueError("each model needs the predictions of at least one seed")
+    labels, first_a, first_b, pids = match_predictions(seeds_a[0], seeds_b[0])
+    a, b = [first_a], [first_b]
+    for extra, out in [(r, a) for r in seeds_a[1:]] + [(r, b) for r in seeds_b[1:]]:
+        lab, _, scores, _ = match_predictions(seeds_a[0], extra)
+        if not np.array_equal(lab, labels):  # pragma: no cover (match_predictions checks)
+            raise ValueError("seeds disagree on labels")
+        out.append(scores)
+    return labels, np.vstack(a), np.vstack(b), pids
+
+
+def compare_models(
+    rows_a,
+    rows_b,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    threshold: float = 0.0,
+) -> dict:
+    """Paired bootstrap (primary) and DeLong (secondary, first seed only) for Δ AUROC = B − A.
+
+    ``rows_a``/``rows_b``: one model's prediction rows, or a list of row lists (one per seed)."""
+    seeds_a = rows_a if rows_a and isinstance(rows_a[0], list | tuple) else [rows_a]
+    seeds_b = rows_b if rows_b and isinstance(rows_b[0], list | tuple) else [rows_b]
+    labels, a, b, pids = match_seeded(seeds_a, seeds_b)
+    boot = paired_bootstrap(
+        labels, a, b, pids, n_boot=n_boot, seed=seed, level=level, threshold=threshold
+    )
     return {
-        "bootstrap": paired_bootstrap(labels, a, b, pids, n_boot=n_boot, seed=seed, level=level),
-        "delong": delong_test(labels, a, b, level=level),
+        "bootstrap": boot,
+        "delong": delong_test(labels, a[0], b[0], level=level),
         "n_findings": len(labels),
         "n_patients": len(set(pids)),
+        "n_positive_findings": int(labels.sum()),
+        "n_positive_patients": len({p for p, y in zip(pids, labels, strict=True) if y}),
     }
-
-
-def noninferior(delta_ci_low: float, margin: float) -> bool:
-    """B is non-inferior to A when the CI lower bound of delta = B - A exceeds -margin."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0 (an AUROC loss), got {margin}")
-    return delta_ci_low is not None and delta_ci_low > -margin
-
-
-def verdict(
-    delta: float,
-    ci_low: float | None,
-    ci_high: float | None,
-    p_value: float | None,
-    *,
-    claim: str = "superior",
-    alpha: float = 0.05,
-    margin: float = 0.0,
-) -> str:
-    """Verdict on a published claim about delta = B - A (B is the arm the claim favours).
-
-    The CI must be the two-sided (1 - alpha) interval, both pre-registered with ``margin`` >= 0.
-    - claim "superior" (B better than A):
-        reproduced     if p_value < alpha and ci_low > 0;
-        not reproduced if ci_high < margin (any gain is below the smallest gain of interest;
-                       with margin 0: B is significantly worse);
-        else inconclusive.
-    - claim "noninferior" (B not worse than A by more than margin):
-        reproduced     if ci_low > -margin;
-        not reproduced if ci_high < -margin (B worse by more than the margin);
-        else inconclusive.
-    Missing CI bounds (e.g. too few cases) give "inconclusive".
-    """
-    if claim not in CLAIMS:
-        raise ValueError(f"unknown claim {claim!r}; expected one of {CLAIMS}")
-    if not 0 < alpha < 1 or margin < 0:
-        raise ValueError(f"need 0 < alpha < 1 and margin >= 0, got alpha={alpha}, margin={margin}")
-    if ci_low is None or ci_high is None or delta is None:
-        return "inconclusive"
-    if ci_low > ci_high:
-        raise ValueError(f"CI low {ci_low} above CI high {ci_high}")
-    if claim == "superior":
-        if p_value is not None and p_value < alpha and ci_low > 0:
-            return "reproduced"
-        return "not reproduced" if ci_high < margin else "inconclusive"
-    if noninferior(ci_low, margin):
-        return "reproduced"
-    return "not reproduced" if ci_high < -margin else "inconclusive"
-
-
-def verdict_from_comparison(comparison: dict, *, claim: str, alpha: float, margin: float) -> str:
-    """Verdict from ``compare_models`` output, using the paired patient bootstrap (primary test)."""
-    boot = comparison["bootstrap"] if "bootstrap" in comparison else comparison
-    if abs(boot["level"] - (1 - alpha)) > 1e-9:
-        raise ValueError(
-            f"CI level {boot['level']} does not match the pre-registered alpha {alpha}"
-        )
-    return verdict(
-        boot["delta"],
-        boot["low"],
-        boot["high"],
-        boot["p_value"],
-        claim=claim,
-        alpha=alpha,
-        margin=margin,
-    )

@@ -10,6 +10,7 @@ class RoundLedger:
     """What happened in the current round, per client, filled by the hooks, read by the recorder."""
 
     down: dict[int, int] = field(default_factory=dict)  # node id → bytes broadcast (train)
+    down_evaluate: dict[int, int] = field(default_factory=dict)  # node id → bytes (evaluate)
     clients: list[dict] = field(default_factory=list)  # accepted train replies
     rejected: list[dict] = field(default_factory=list)  # filtered replies and their reasons
     evaluation: list[dict] = field(default_factory=list)  # federated evaluation per site
@@ -18,11 +19,14 @@ class RoundLedger:
 
     def pop(self) -> dict:
         out = {"clients": self.clients, "rejected": self.rejected, "fed_eval": self.evaluation}
+        # Evaluation broadcasts carry the global model too: counted apart, never as zero.
+        out["bytes_down_evaluate"] = int(sum(self.down_evaluate.values()))
         if self.notes:
             out["notes"] = self.notes
         if "auroc" in self.evaluated:
             out["fed_eval_auroc"] = float(self.evaluated["auroc"])
         self.down, self.clients, self.rejected, self.evaluation, self.notes = {}, [], [], [], []
+        self.down_evaluate = {}
         self.evaluated = {}
         return out
 

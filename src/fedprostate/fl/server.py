@@ -278,6 +278,7 @@ def summarize(
     mb = 1e6
     all_up = [b for v in up.values() for b in v]
     all_down = [b for v in down.values() for b in v]
+    evaluate_down = sum(e.get("bytes_down_evaluate", 0) for e in rounds)
     accepted = sum(len(e.get("clients", [])) for e in rounds if e["round"] > 0)
     rejected = [r for e in rounds for r in e.get("rejected", [])]
     summary = {
@@ -288,7 +289,10 @@ def summarize(
         "downlink_mb_per_client_round": float(np.mean(all_down) / mb) if all_down else 0.0,
         "uplink_mb_per_site": {s: float(np.mean(v) / mb) for s, v in sorted(up.items())},
         "downlink_mb_per_site": {s: float(np.mean(v) / mb) for s, v in sorted(down.items())},
-        "total_mb": float((sum(all_up) + sum(all_down)) / mb),
+        # training broadcasts above; every evaluation broadcast (same global model, same codec)
+        # is counted here and in total_mb: ArrayRecord.count_bytes() = npy bytes + tensor names
+        "evaluate_downlink_mb": float(evaluate_down / mb),
+        "total_mb": float((sum(all_up) + sum(all_down) + evaluate_down) / mb),
         "rejected_replies": len(rejected),
     }
     if accepted == 0 and any(e["round"] > 0 for e in rounds):

@@ -146,7 +146,7 @@ class ProjectHooks:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         # Evaluation uses the same wire format as training: reference stays consistent.
         saved = dict(self.reference)
-        out = self._broadcast(messages, arrays, server_round, None)
+        out = self._broadcast(messages, arrays, server_round, self.ledger.down_evaluate)
         self.reference = saved
         return out
 

@@ -175,11 +175,13 @@ def round_history(rounds: list[dict], split: str = "val") -> list[tuple[int, flo
 
 
 def cumulative_mb(rounds: list[dict]) -> list[tuple[float, float]]:
-    """(cumulative MB up + down over all clients, validation AUROC) after each round."""
+    """(cumulative MB up + down over all clients, evaluation broadcasts included, validation
+    AUROC) after each round."""
     total, out = 0.0, []
     for r in rounds:
         clients = r.get("clients") or []
         total += sum(c.get("bytes_up", 0) + c.get("bytes_down", 0) for c in clients) / 1e6
+        total += r.get("bytes_down_evaluate", 0) / 1e6
         value = (r.get("val") or {}).get("auroc")
         if clients and value is not None and math.isfinite(value) and total > 0:
             out.append((total, float(value)))

@@ -49,10 +49,17 @@ def fmt_p(p) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+# Baselines scored once per patient: their lesion-level cells would repeat patient numbers.
+PATIENT_ONLY = ("PSA density",)
+
+
 def metrics_row(name: str, result: dict) -> list[str]:
     lesion = result["lesion"]
     op = lesion.get("operating_point") or {}
     cal = lesion.get("calibration") or {}
+    if name in PATIENT_ONLY:
+        return [name, "–", str(result["n_patients"]), "– (patient level)", "–",
+                fmt_ci(result["patient"]["auroc"]), "–", "–", "–", "–"]  # fmt: skip
     return [
         name,
         str(result["n_findings"]),

@@ -27,11 +27,12 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from fedprostate.config import RunConfig
+from fedprostate.config import ALPHA, NONINFERIORITY_MARGIN, RunConfig
 from fedprostate.engine import setup
 from fedprostate.engine.loop import predict_scores
-from fedprostate.eval.compare import compare_models, verdict_from_comparison
-from fedprostate.eval.metrics import evaluate_predictions
+from fedprostate.eval.compare import compare_models
+from fedprostate.eval.metrics import evaluate_predictions, headline
+from fedprostate.eval.verdicts import threshold, verdict_from_comparison
 from fedprostate.models.bundle import load_bundle
 from fedprostate.records import predictions
 from fedprostate.runs.export import export_run
@@ -39,7 +40,7 @@ from fedprostate.runs.federated import federate
 from fedprostate.runs.pooled import centralize
 
 SPEEDUP_GOAL = 5.0
-MARGIN = 0.02
+MARGIN = NONINFERIORITY_MARGIN
 
 
 def footprint(model: nn.Module, crop: int, in_chans: int = 3, n_latency: int = 30) -> dict:
@@ -89,8 +90,17 @@ def teacher_test_rows(teacher: nn.Module, cfg: RunConfig) -> list[dict]:
 
 
 def _comparison(rows_a, rows_b, n_boot, seed, claim, margin) -> dict:
-    comp = compare_models(rows_a, rows_b, n_boot=n_boot, seed=seed)
-    comp["verdict"] = verdict_from_comparison(comp, claim=claim, alpha=0.05, margin=margin)
+    """Paired test on the headline findings only (reader marks and proposals: sampled normal
+    tissue never enters a verdict)."""
+    comp = compare_models(
+        headline(rows_a),
+        headline(rows_b),
+        n_boot=n_boot,
+        seed=seed,
+        level=1 - ALPHA,
+        threshold=threshold(claim, margin),
+    )
+    comp["verdict"] = verdict_from_comparison(comp, claim=claim, alpha=ALPHA, margin=margin)
     comp["claim"] = claim
     comp["margin"] = margin
     return comp

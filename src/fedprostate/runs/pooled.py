@@ -1,7 +1,11 @@
 """Baselines with the same training loop: centralized (pooled data) and local-only (each site).
 
-A "round" here is ``train.epochs`` (or ``train.steps``) of the same local loop the federated
-clients run, repeated ``fl.rounds`` times, so the three run kinds see the same amount of training.
+A "round" here is the same local loop the federated clients run, repeated at most ``fl.rounds``
+times (``fl.patience`` stops it early on validation, as in a federated run), with the same local
+compute per round as a federated round of every site: local-only trains each site for
+``train.steps`` (or ``train.epochs``); centralized trains the pooled data for ``train.steps`` ×
+the number of sites (or ``train.epochs`` over the pooled data, which is the sites' epochs summed).
+Each round's ``examples_seen`` (steps × batch) is in metrics.jsonl.
 Outputs have the federated run's layout: config.toml, metrics.jsonl, predictions_*.csv,
 summary.json, model.safetensors; the best round is chosen on validation.
 """
@@ -61,7 +65,12 @@ def _fit(
             kd_alpha=cfg.distill.alpha,
             lr_scale=lr_scale(cfg.train, r, cfg.fl.rounds),
         )
-        entry: dict = {"round": r, "client": name, "train_loss": result.loss}
+        entry: dict = {
+            "round": r,
+            "client": name,
+            "train_loss": result.loss,
+            "examples_seen": result.steps * cfg.train.batch_size,
+        }
         preds = {}
         for split, ds in sets.items():
             entry[split], scores = score_dataset(model, ds)
@@ -95,7 +104,8 @@ def centralize(cfg: RunConfig, out: str | Path) -> dict:
     names = setup.client_names(cfg)
     train = _Pooled(cfg.data.cache, [setup.client_dataset(cfg, n, "train") for n in names])
     sets = {"val": setup.pooled_dataset(cfg, "val"), "test": setup.pooled_dataset(cfg, "test")}
-    fit = _fit(cfg, "pooled", train, sets, recorder)
+    train_cfg = equal_compute(cfg, len(names))
+    fit = _fit(train_cfg, "pooled", train, sets, recorder)
     for tag in ("best", "last"):
         for split in sets:
             recorder.write_predictions(split, tag, fit[tag]["predictions"][split])
@@ -104,8 +114,19 @@ def centralize(cfg: RunConfig, out: str | Path) -> dict:
         cfg, "centralized", fit["best"], fit["last"], fit["bundle"], time.time() - t0
     )
     summary["per_site_test_auroc"] = _per_site(fit["best"]["predictions"]["test"])
+    summary["train_steps_per_round"] = (
+        train_cfg.train.steps if train_cfg.train.epochs == 0 else None
+    )
     recorder.write_summary(summary)
     return summary
+
+
+def equal_compute(cfg: RunConfig, n_sites: int) -> RunConfig:
+    """Centralized training with a federated round's compute: ``train.steps`` × sites per round
+    (epochs over the pooled data already equal the sites' epochs summed)."""
+    if cfg.train.epochs > 0:
+        return cfg
+    return cfg.replace(**{"train.steps": cfg.train.steps * n_sites})
 
 
 def local_only(cfg: RunConfig, out: str | Path) -> dict:
@@ -130,6 +151,7 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
         per_site[name] = {
             "best_round": best["round"],
             "best_round_chosen_on": fit["chosen_on"],
+            "own_val_auroc": best["val"]["auroc"],
             "own_test_auroc": best["test"]["auroc"],
             "pooled_test_auroc": best["pooled_test"]["auroc"],
         }
@@ -137,16 +159,16 @@ def local_only(cfg: RunConfig, out: str | Path) -> dict:
         own_val_preds += best["predictions"]["val"]
     recorder.write_predictions("test", "best", own_preds)
     recorder.write_predictions("val", "best", own_val_preds)
-    scored = headline(own_preds)
-    own = score_metrics(
-        np.array([int(r["label"]) for r in scored]), np.array([float(r["score"]) for r in scored])
-    )
+    own, own_val = _headline_metrics(own_preds), _headline_metrics(own_val_preds)
     pooled = [
         v["pooled_test_auroc"] for v in per_site.values() if np.isfinite(v["pooled_test_auroc"])
     ]
     summary = {
         **setup.summary_head(cfg, "local", None, time.time() - t0),
         "per_site": per_site,
+        # every site's own validation findings at its validation-chosen round: what the
+        # study chooses the local-only arm's learning rate by (never a test number)
+        "val_auroc": own_val["auroc"],
         "test_auroc": own["auroc"],
         "test_ap": own["ap"],
         "mean_pooled_test_auroc": float(np.mean(pooled)) if pooled else float("nan"),
@@ -169,6 +191,13 @@ def _summary(
         "calibration": calibration_report(best["predictions"]["val"], best["predictions"]["test"]),
         "uplink_mb_per_client_round": 0.0,
     }
+
+
+def _headline_metrics(rows: list[dict]) -> dict[str, float]:
+    scored = headline(rows)
+    return score_metrics(
+        np.array([int(r["label"]) for r in scored]), np.array([float(r["score"]) for r in scored])
+    )
 
 
 def _per_site(rows: list[dict]) -> dict[str, float]:

@@ -1,8 +1,10 @@
 """The study's arms and cells.
 
 An *arm* is one setting under test (``method-full``: the reference arm with full fine-tuning);
-a *cell* is one run of an arm at one learning rate of the tuning budget, in its own folder
-``DIR/cells/<cell-id>/``. Arms are named by what they change relative to the shared reference
+a *cell* is one run of an arm at one learning rate and one training seed, in its own folder
+``DIR/cells/<cell-id>/``. Tuning cells run every learning rate with the first seed; once an
+arm's learning rate is chosen (on validation only), its seed cells run that rate with the other
+seeds, so every arm ends with one run per seed at its chosen rate. Arms are named by what they change relative to the shared reference
 arm, and the reference arm has one id (``reference``) reused by every section that contains it:
 Swin in the backbone section, LoRA in the method section, fp32 in the compression section,
 lesion crops in the input section, FedAdam in the aggregator section, pre-trained init.
@@ -18,6 +20,7 @@ from fedprostate.config import RunConfig
 from fedprostate.study.config import StudyConfig
 
 REFERENCE = "reference"
+DISTILL_ARM = "distill-student"  # needs the reference arm's exported bundle (paths.teacher)
 KINDS = ("federate", "centralize", "local")
 
 
@@ -29,6 +32,7 @@ class StudyPaths:
     organ_cache: str
     foundations: dict[str, str]  # arch -> foundation checkpoint (.safetensors)
     sites: tuple[str, ...]
+    teacher: str = ""  # distillation: the reference arm's exported bundle (written by the runner)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Cell:
     kind: str
     lr: float
     config: RunConfig = field(compare=False)
+    seed: int = 0
 
     def folder(self, study_dir: str | Path) -> Path:
         return Path(study_dir) / "cells" / self.id
@@ -105,6 +110,12 @@ def _arm_specs(cfg: StudyConfig, paths: StudyPaths) -> list[Arm]:
         add(Arm(REFERENCE, "federate", {}, ("pretraining",), "pre-trained (reference)"))
         add(Arm("init-scratch", "federate", {"model.foundation": ""}, ("pretraining",),
                 "random init"))  # fmt: skip
+    if "distillation" in cfg.sections:
+        add(Arm(REFERENCE, "federate", {}, ("distillation",), "teacher (reference)"))
+        add(Arm(DISTILL_ARM, "federate",
+                {"model.arch": cfg.student, "finetune.method": "full", "model.foundation": "",
+                 "distill.teacher": paths.teacher}, ("distillation",),
+                f"{cfg.student} distilled from the reference"))  # fmt: skip
     if "baselines" in cfg.sections:
         add(Arm(REFERENCE, "federate", {}, ("baselines",), "federated (reference)"))
         add(Arm("centralized", "centralize", {}, ("baselines",), "centralized (pooled data)"))
@@ -142,18 +153,36 @@ def reference_config(cfg: StudyConfig, paths: StudyPaths) -> RunConfig:
     return RunConfig.from_flat(base)
 
 
-def cell_id(arm: str, lr: float, n_lrs: int) -> str:
-    return arm if n_lrs == 1 else f"{arm}@lr{lr:g}"
+def cell_id(arm: str, lr: float, n_lrs: int, seed: int | None = None) -> str:
+    """``arm`` [``@lr<lr>`` with several rates] [``@seed<s>`` for a seed cell]."""
+    base = arm if n_lrs == 1 else f"{arm}@lr{lr:g}"
+    return base if seed is None else f"{base}@seed{seed}"
 
 
 def build_cells(cfg: StudyConfig, paths: StudyPaths) -> tuple[list[Arm], list[Cell]]:
-    """Every (arm, learning rate) cell; each arm gets the same learning rates (fair tuning)."""
+    """The tuning cells: every (arm, learning rate) with the first seed; each arm gets the same
+    learning rates (fair tuning)."""
     ref = reference_config(cfg, paths)
     arms = build_arms(cfg, paths)
     cells = []
+    first = cfg.seeds[0]
     for arm in arms:
         for lr in cfg.learning_rates:
-            config = ref.replace(**arm.overrides, **{"train.lr": lr})
+            config = ref.replace(**arm.overrides, **{"train.lr": lr, "seed": first})
             cells.append(Cell(cell_id(arm.id, lr, len(cfg.learning_rates)), arm.id, arm.kind,
-                              lr, config))  # fmt: skip
+                              lr, config, first))  # fmt: skip
     return arms, cells
+
+
+def seed_cells(cfg: StudyConfig, cells: list[Cell], chosen_lr: dict[str, float]) -> list[Cell]:
+    """The other seeds of each arm at its chosen learning rate (``chosen_lr``: arm -> rate,
+    chosen on validation). An arm without a choice gets none."""
+    out = []
+    n_lrs = len(cfg.learning_rates)
+    for cell in cells:
+        if chosen_lr.get(cell.arm) != cell.lr:
+            continue
+        for seed in cfg.seeds[1:]:
+            out.append(Cell(cell_id(cell.arm, cell.lr, n_lrs, seed), cell.arm, cell.kind,
+                            cell.lr, cell.config.replace(seed=seed), seed))  # fmt: skip
+    return out

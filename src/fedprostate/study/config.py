@@ -1,9 +1,12 @@
 """The study configuration (``configs/study-*.toml``), read once into a frozen dataclass.
 
 Everything that decides a verdict is fixed here *before* anything runs: the significance level,
-the non-inferiority margin, the smallest gain of interest for superiority claims and the tuning
-budget (the same learning rates for every arm). ``fedprostate study`` copies the file into the
-study folder, and refuses to resume a folder whose pre-registered values differ.
+the non-inferiority margin, the smallest gain of interest for superiority claims, the minimum
+test size (patients and positives) below which no verdict is given, the multiplicity correction
+(Holm, always), the training seeds, the stopping rule (``fl.patience`` rounds without a better
+validation AUROC, within the ``fl.rounds`` cap) and the tuning budget (the same learning rates
+for every arm). ``fedprostate study`` writes these into the study folder and refuses to resume a
+folder whose pre-registered values differ.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedprostate.config import RunConfig, flatten
+from fedprostate.config import (
+    ALPHA,
+    NONINFERIORITY_MARGIN,
+    SUPERIORITY_MARGIN,
+    RunConfig,
+    flatten,
+)
 
 SECTIONS = (
     "backbone",
@@ -22,6 +31,7 @@ SECTIONS = (
     "input",
     "aggregator",
     "pretraining",
+    "distillation",
     "baselines",
     "loso",
 )
@@ -29,17 +39,27 @@ SECTIONS = (
 
 @dataclass(frozen=True)
 class Preregistration:
-    alpha: float = 0.05
-    margin_noninferiority: float = 0.02  # AUROC loss tolerated by claim 3 (int8 vs fp32)
-    margin_superiority: float = 0.0  # smallest AUROC gain of interest for superiority claims
+    alpha: float = ALPHA
+    margin_noninferiority: float = (
+        NONINFERIORITY_MARGIN  # AUROC loss a non-inferiority claim allows
+    )
+    margin_superiority: float = SUPERIORITY_MARGIN  # smallest AUROC gain a superiority claim needs
     params_reduction: float = 0.99  # claim 2b: "~99 % fewer trainable parameters"
     n_boot: int = 1000
+    # No verdict on fewer test patients or positives (findings at lesion level, patients at
+    # patient level) than this, whatever the CI says.
+    min_test_patients: int = 100
+    min_test_positives: int = 30
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise ValueError(f"study.alpha must be in (0, 1), got {self.alpha}")
         if self.margin_noninferiority < 0 or self.margin_superiority < 0:
             raise ValueError("study margins must be >= 0 (AUROC differences)")
+        if self.n_boot < 100:
+            raise ValueError(f"study.n_boot must be >= 100, got {self.n_boot}")
+        if self.min_test_patients < 1 or self.min_test_positives < 1:
+            raise ValueError("study.min_test_patients and min_test_positives must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,7 @@ class StudyConfig:
     data: DataPlan
     pretrain: PretrainPlan
     learning_rates: tuple[float, ...]
+    seeds: tuple[int, ...]  # training seeds of every arm (the first one also tunes the LR)
     reference: dict[str, Any]  # dotted RunConfig keys of the shared reference arm
     backbones: dict[str, str]  # role (swin, resnet, vit) -> arch name in BACKBONES
     methods: tuple[str, ...]
@@ -82,6 +103,7 @@ class StudyConfig:
     aggregators: tuple[str, ...]
     prox_mu: float
     loso_holdouts: int  # how many sites (first by name) get a leave-one-site-out arm
+    student: str = "student_test"  # distillation: the compact student's arch (full fine-tuning)
     seconds_per_round: dict[str, float] = field(default_factory=dict)  # estimate overrides
     notes: tuple[str, ...] = ()  # documented reductions, printed in the report
     source: str = ""
@@ -119,6 +141,9 @@ class StudyConfig:
         )
         if not lrs:
             raise ValueError(f"{source}: tuning.learning_rates is empty")
+        seeds = tuple(int(x) for x in tuning.get("seeds", [reference.get("seed", 0)]))
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"{source}: tuning.seeds must be distinct, at least one: {seeds}")
         return cls(
             name=name,
             sections=sections,
@@ -126,6 +151,7 @@ class StudyConfig:
             data=DataPlan(**raw.get("data", {})),
             pretrain=PretrainPlan(**raw.get("pretrain", {})),
             learning_rates=lrs,
+            seeds=seeds,
             reference=reference,
             backbones=dict(
                 arms.get(
@@ -138,6 +164,7 @@ class StudyConfig:
             aggregators=tuple(arms.get("aggregators", ("fedavg", "fedadam", "fedyogi", "fedprox"))),
             prox_mu=float(arms.get("prox_mu", 0.01)),
             loso_holdouts=int(arms.get("loso_holdouts", 1)),
+            student=str(arms.get("student", "student_test")),
             seconds_per_round=dict(raw.get("estimate", {})),
             notes=notes,
             source=source,
@@ -153,4 +180,15 @@ class StudyConfig:
             "params_reduction": p.params_reduction,
             "learning_rates": list(self.learning_rates),
             "n_boot": p.n_boot,
+            "min_test_patients": p.min_test_patients,
+            "min_test_positives": p.min_test_positives,
+            "multiplicity": "holm (primary family; secondary family apart)",
+            "seeds": list(self.seeds),
+            "stopping": self.stopping_rule(),
         }
+
+    def stopping_rule(self) -> dict:
+        """Every arm: stop after ``patience`` scored rounds without a better validation AUROC,
+        at most ``rounds`` rounds; the validation-best round is the arm's model."""
+        run = RunConfig.from_flat(self.reference)
+        return {"rounds": run.fl.rounds, "patience": run.fl.patience, "on": "validation AUROC"}

@@ -1,5 +1,10 @@
 """``fedprostate study``: prepare the inputs once, run every cell (resumably), pick each arm's
-learning rate on validation, test the claims and write the report.
+learning rate on validation, run its other seeds, test the claims and write the report.
+
+Order: the tuning cells (every arm × learning rate, first seed); each arm's learning rate chosen
+by validation AUROC only (``selection_score``: never a test number); the seed cells (every arm at
+its chosen rate × the other seeds); the report. A cell that fails is named on one line, recorded
+in ``cells/<id>/failed.json`` and skipped (a later run retries it).
 
 Layout of a study folder::
 
@@ -8,7 +13,7 @@ Layout of a study folder::
     DIR/data/lesion/ organ/   crop caches
     DIR/foundation/<arch>.safetensors   self-supervised foundations
     DIR/cells/<cell-id>/      one run folder per cell (summary.json = finished)
-    DIR/arms.json             chosen cell per arm (best validation AUROC over the LR budget)
+    DIR/arms.json             per arm: chosen learning rate (validation), its cell per seed
     DIR/claims.json           verdicts
     DIR/report.html, report.md
 """
@@ -27,8 +32,17 @@ from rich.table import Table
 from fedprostate.data.cache import load_index
 from fedprostate.data.synth.sites import make_site_profiles
 from fedprostate.runs import pooled
+from fedprostate.runs.export import export_run
 from fedprostate.runs.federated import federate
-from fedprostate.study.cells import Arm, Cell, StudyPaths, build_cells
+from fedprostate.study.cells import (
+    DISTILL_ARM,
+    REFERENCE,
+    Arm,
+    Cell,
+    StudyPaths,
+    build_cells,
+    seed_cells,
+)
 from fedprostate.study.config import StudyConfig
 from fedprostate.study.estimate import (
     CROPS_PER_PATIENT,
@@ -68,7 +82,8 @@ def planned_paths(cfg: StudyConfig, out: Path) -> StudyPaths:
         if cfg.pretrain.enabled
         else {}
     )
-    return StudyPaths(lesion, organ, foundations, sites)
+    teacher = str((out / "teacher").resolve()) if "distillation" in cfg.sections else ""
+    return StudyPaths(lesion, organ, foundations, sites, teacher)
 
 
 def _data_sizes(cfg: StudyConfig, cache: str, mode: str) -> tuple[float, float]:
@@ -113,16 +128,23 @@ def _inputs_estimate(cfg: StudyConfig, paths: StudyPaths) -> float:
     )
 
 
-def plan_table(arms: list[Arm], cells: list[Cell], seconds: dict, out: Path) -> Table:
+def plan_table(
+    arms: list[Arm],
+    cells: list[Cell],
+    seconds: dict,
+    out: Path,
+    provisional: set[str] = frozenset(),
+) -> Table:
     table = Table(title=f"study cells ({len(cells)} runs, {len(arms)} arms)")
-    for col in ("cell", "kind", "sections", "changes vs reference", "lr", "est.", "status"):
+    for col in ("cell", "kind", "sections", "changes vs reference", "lr", "seed", "est.", "status"):
         table.add_column(col)
     by_arm = {a.id: a for a in arms}
     for c in cells:
         arm = by_arm[c.arm]
         changes = ", ".join(f"{k}={v}" for k, v in arm.overrides.items()) or "–"
         done = (c.folder(out) / "summary.json").exists()
-        table.add_row(c.id, c.kind, ",".join(arm.sections), changes[:60], f"{c.lr:g}",
+        lr = "chosen on val." if c.id in provisional else f"{c.lr:g}"
+        table.add_row(c.id, c.kind, ",".join(arm.sections), changes[:60], lr, str(c.seed),
                       format_seconds(seconds[c.id]), "done" if done else "todo")  # fmt: skip
     return table
 
@@ -157,7 +179,9 @@ def write_plan(cfg: StudyConfig, arms: list[Arm], cells: list[Cell], out: Path) 
 
 
 def run_cells(cells: list[Cell], out: Path, console: Console) -> dict[str, str]:
-    """Run every unfinished cell; a finished cell (summary.json present) is never rerun."""
+    """Run every unfinished cell; a finished cell (summary.json present) is never rerun.
+
+    A cell that raises is reported on one line, recorded in its ``failed.json`` and skipped."""
     status = {}
     for i, cell in enumerate(cells, 1):
         folder = cell.folder(out)
@@ -165,36 +189,69 @@ def run_cells(cells: list[Cell], out: Path, console: Console) -> dict[str, str]:
             status[cell.id] = "skipped (finished)"
             console.print(f"[dim]{i}/{len(cells)} {cell.id}: finished earlier, skipped[/dim]")
             continue
-        console.print(f"[bold]{i}/{len(cells)} {cell.id}[/bold] ({cell.kind}, lr {cell.lr:g})")
+        console.print(f"[bold]{i}/{len(cells)} {cell.id}[/bold] ({cell.kind}, lr {cell.lr:g}, "
+                      f"seed {cell.seed})")  # fmt: skip
         t0 = time.time()
-        run_function(cell.kind)(cell.config, folder)
+        try:
+            run_function(cell.kind)(cell.config, folder)
+        except Exception as exc:  # one bad cell must not end a three-hour study
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            status[cell.id] = f"failed: {reason}"
+            console.print(f"[red]   cell {cell.id} failed, skipped: {reason}[/red]")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "failed.json").write_text(
+                json.dumps({"cell": cell.id, "error": reason}), encoding="utf-8"
+            )
+            continue
+        (folder / "failed.json").unlink(missing_ok=True)
         status[cell.id] = f"ran in {time.time() - t0:.0f} s"
         console.print(f"   done in {time.time() - t0:.0f} s")
     return status
 
 
+def read_summary(folder: Path) -> dict | None:
+    path = folder / "summary.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def selection_score(summary: dict) -> float:
+    """What an arm's learning rate is chosen by: the run's validation AUROC (federated and
+    centralized: pooled validation findings at the validation-chosen round; local-only: every
+    site's own validation findings at that site's validation-chosen round). Only the key
+    ``val_auroc`` is read: no test number can reach a choice. Missing or undefined: -inf."""
+    val = summary.get("val_auroc")
+    return float(val) if isinstance(val, int | float) and math.isfinite(val) else -math.inf
+
+
 def choose_arms(arms: list[Arm], cells: list[Cell], out: Path) -> dict[str, dict]:
-    """Each arm's cell with the best validation AUROC (the same LR budget for every arm)."""
+    """Each arm's tuning cell with the best validation AUROC (ties: the first learning rate)."""
     chosen = {}
     for arm in arms:
         tried = []
         for c in (c for c in cells if c.arm == arm.id):
-            summary_path = c.folder(out) / "summary.json"
-            if not summary_path.exists():
-                continue
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            val = summary.get("val_auroc", summary.get("mean_pooled_test_auroc"))
-            if summary.get("kind") == "local":  # no pooled validation score: use own-site test
-                val = summary.get("test_auroc")
-            tried.append((c, val if val is not None and math.isfinite(val) else -1.0))
+            summary = read_summary(c.folder(out))
+            if summary is not None:
+                tried.append((c, selection_score(summary)))
         if tried:
             best, val = max(tried, key=lambda t: t[1])
             chosen[arm.id] = {
                 "cell": best.id,
                 "lr": best.lr,
-                "selection_auroc": val,
-                "tried": {c.id: v for c, v in tried},
+                "selection_auroc": val if math.isfinite(val) else None,
+                "selected_on": "validation AUROC",
+                "tried": {c.id: (v if math.isfinite(v) else None) for c, v in tried},
+                "seeds": {str(best.seed): best.id},
             }
+    return chosen
+
+
+def add_seed_runs(chosen: dict[str, dict], extra: list[Cell], out: Path) -> dict[str, dict]:
+    """Record each arm's finished seed cells (at its chosen rate) under ``seeds``."""
+    for cell in extra:
+        if cell.arm in chosen and (cell.folder(out) / "summary.json").exists():
+            chosen[cell.arm]["seeds"][str(cell.seed)] = cell.id
     return chosen
 
 
@@ -204,6 +261,38 @@ def prepare_inputs(cfg: StudyConfig, out: Path, paths: StudyPaths, console: Cons
     needs_organ = "input" in cfg.sections
     ensure_caches(cfg, out, paths, needs_organ, console)
     ensure_foundations(cfg, out, paths, console)
+
+
+def ensure_teacher(
+    arms: list[Arm], cells: list[Cell], out: Path, paths: StudyPaths, console: Console
+) -> bool:
+    """Export the reference arm's validation-chosen tuning cell as the distillation teacher
+    (``paths.teacher``); False (one line, distillation skipped) when that is impossible."""
+    if (Path(paths.teacher) / "bundle.json").exists():
+        return True
+    chosen = choose_arms([a for a in arms if a.id == REFERENCE], cells, out).get(REFERENCE)
+    if chosen is None:
+        console.print("[red]distillation skipped: the reference arm has no finished cell[/red]")
+        return False
+    try:
+        export_run(out / "cells" / chosen["cell"], paths.teacher, formats=("bundle",))
+    except Exception as exc:  # a failed export must not end the study
+        console.print(f"[red]distillation skipped: teacher export failed: {exc}[/red]")
+        return False
+    console.print(f"teacher for distillation: {chosen['cell']} exported to {paths.teacher}")
+    return True
+
+
+def planned_seed_cells(
+    cfg: StudyConfig, arms: list[Arm], cells: list[Cell], out: Path
+) -> tuple[list[Cell], set[str]]:
+    """Seed cells at each arm's chosen rate; arms not chosen yet get the first rate as a
+    placeholder (their ids are returned apart: the dry run marks them provisional)."""
+    chosen = {a: c["lr"] for a, c in choose_arms(arms, cells, out).items()}
+    provisional = {a.id for a in arms if a.id not in chosen and len(cfg.learning_rates) > 1}
+    lrs = {a.id: chosen.get(a.id, cfg.learning_rates[0]) for a in arms}
+    extra = seed_cells(cfg, cells, lrs)
+    return extra, {c.id for c in extra if c.arm in provisional}
 
 
 def run_study(
@@ -220,9 +309,10 @@ def run_study(
     out = Path(out)
     paths = planned_paths(cfg, out)
     arms, cells = build_cells(cfg, paths)
-    seconds = estimate(cfg, cells, paths)
-    console.print(plan_table(arms, cells, seconds, out))
-    todo = [c for c in cells if not (c.folder(out) / "summary.json").exists()]
+    extra, provisional = planned_seed_cells(cfg, arms, cells, out)
+    seconds = estimate(cfg, cells + extra, paths)
+    console.print(plan_table(arms, cells + extra, seconds, out, provisional))
+    todo = [c for c in cells + extra if not (c.folder(out) / "summary.json").exists()]
     prep = _inputs_estimate(cfg, paths)
     console.print(
         f"estimated time of the {len(todo)} unfinished cells: "
@@ -235,9 +325,16 @@ def run_study(
     check_preregistration(cfg, out)
     write_plan(cfg, arms, cells, out)
     prepare_inputs(cfg, out, paths, console)
-    run_cells(cells, out, console)
+    run_cells([c for c in cells if c.arm != DISTILL_ARM], out, console)
+    if any(c.arm == DISTILL_ARM for c in cells) and ensure_teacher(
+        arms, cells, out, paths, console
+    ):
+        run_cells([c for c in cells if c.arm == DISTILL_ARM], out, console)
+    chosen = choose_arms(arms, cells, out)  # validation only
+    extra = seed_cells(cfg, cells, {a: c["lr"] for a, c in chosen.items()})
+    run_cells(extra, out, console)
     (out / "arms.json").write_text(
-        json.dumps(choose_arms(arms, cells, out), indent=1), encoding="utf-8"
+        json.dumps(add_seed_runs(chosen, extra, out), indent=1), encoding="utf-8"
     )
     if not report:
         return None
