@@ -433,7 +433,10 @@ class PrivacyConfig:
         _check("privacy.dp_sgd_clip", self.dp_sgd_clip, self.dp_sgd_clip > 0, "> 0")
         _check("privacy.delta", self.delta, 0 <= self.delta < 1, "[0, 1) (0 = 1 / patients)")
         _check(
-            "privacy.target_quantile", self.target_quantile, 0 <= self.target_quantile <= 1, "[0, 1]"
+            "privacy.target_quantile",
+            self.target_quantile,
+            0 <= self.target_quantile <= 1,
+            "[0, 1]",
         )
         _check("privacy.clip_lr", self.clip_lr, self.clip_lr > 0, "> 0")
         if self.epsilon > 0 and not self.enabled:
@@ -592,7 +595,10 @@ def _check_privacy(cfg: RunConfig) -> None:
                 f"privacy.client = {p.client!r} cannot run with fl.secure_aggregation = true: "
                 "the server never sees one site's update (use client-fixed or local)"
             )
-        codecs = {"compress.uplink": cfg.compress.uplink, "compress.downlink": cfg.compress.downlink}
+        codecs = {
+            "compress.uplink": cfg.compress.uplink,
+            "compress.downlink": cfg.compress.downlink,
+        }
         for key, text in codecs.items():
             if text != "fp32":
                 raise ConfigError(

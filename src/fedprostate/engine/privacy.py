@@ -98,7 +98,9 @@ class LevelEpsilon:
 
 def client_epsilon(p: PrivacyConfig, rounds: int, delta: float) -> LevelEpsilon:
     one = epsilon(p.noise_multiplier, 1.0, 1, delta, p.accountant)
-    return LevelEpsilon("client", one, epsilon(p.noise_multiplier, 1.0, rounds, delta, p.accountant))
+    return LevelEpsilon(
+        "client", one, epsilon(p.noise_multiplier, 1.0, rounds, delta, p.accountant)
+    )
 
 
 def patient_epsilon(cfg: RunConfig, n_train: int, rounds: int, delta: float) -> LevelEpsilon:
@@ -107,7 +109,9 @@ def patient_epsilon(cfg: RunConfig, n_train: int, rounds: int, delta: float) -> 
     q = dp_sgd_sample_rate(cfg.train, n_train)
     steps = dp_sgd_steps(cfg.train, q)
     one = epsilon(p.dp_sgd_noise, q, steps, delta, p.accountant)
-    return LevelEpsilon("patient", one, epsilon(p.dp_sgd_noise, q, rounds * steps, delta, p.accountant))
+    return LevelEpsilon(
+        "patient", one, epsilon(p.dp_sgd_noise, q, rounds * steps, delta, p.accountant)
+    )
 
 
 def round_report(cfg: RunConfig, train_sizes: dict[str, int], server_round: int) -> dict:
@@ -182,7 +186,9 @@ def plan(cfg: RunConfig, train_sizes: dict[str, int]) -> dict:
             n = train_sizes[report["patient"]["worst_site"]]
             q = dp_sgd_sample_rate(cfg.train, n)
             steps = cfg.fl.rounds * dp_sgd_steps(cfg.train, q)
-            report["patient"]["noise_for_budget"] = noise_for(budget, q, steps, p.delta, p.accountant)
+            report["patient"]["noise_for_budget"] = noise_for(
+                budget, q, steps, p.delta, p.accountant
+            )
     return report
 
 

@@ -65,6 +65,8 @@ REPORT_KEY = "report"  # ConfigRecord in each reply: site name and codec (no pat
 class ProjectHooks:
     """Mixin: put it before a Flower strategy in the bases (``class X(ProjectHooks, FedAdam)``)."""
 
+    min_sites = 1  # make_strategy sets fl.min_sites
+
     def attach(
         self,
         shapes: dict[str, tuple[int, ...]],
@@ -75,7 +77,7 @@ class ProjectHooks:
         registry: SiteRegistry | None = None,
         node_wait: float = 3600.0,
         clip_norm: float = 0.0,
-        min_sites: int = 1,
+        min_sites: int | None = None,
     ) -> None:
         self.shapes = shapes
         self.downlink = CodecSpec.parse(downlink)
@@ -87,7 +89,8 @@ class ProjectHooks:
         self.registry = registry
         self.node_wait = node_wait
         self.clip_norm = clip_norm
-        self.min_sites = min_sites
+        if min_sites is not None:
+            self.min_sites = min_sites
         dp_mode = getattr(self, "dp_mode", "off")
         self.equal_weights = dp_mode != "off"  # DP noise is calibrated to the plain mean
         self.train_metrics = TRAIN_METRICS | (
@@ -432,6 +435,7 @@ def make_strategy(cfg: RunConfig, num_clients: int) -> ProjectHooks:
         "bulyan": {"num_malicious_nodes": fl.num_malicious},
     }.get(fl.strategy, {})
     strategy = cls(**common, **extra)
+    strategy.min_sites = fl.min_sites
     if private:  # the wrapper holds its own plain instance of the same Flower strategy
         strategy.dp = make_wrapper(cfg, base(**common, **extra), num_clients)
         strategy.dp_mode = cfg.privacy.client

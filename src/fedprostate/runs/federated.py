@@ -63,7 +63,15 @@ def preflight(cfg: RunConfig) -> dict:
             f"fl.secure_aggregation = true needs at least 3 sites (this federation has "
             f"{len(names)}): with two, the sum and one's own update reveal the other's"
         )
-    if not cfg.privacy.enabled:
+    p = cfg.privacy
+    count_std = p.clipped_count_stddev or len(names) / 20  # Flower's default: sites / 20
+    if p.client.endswith("-adaptive") and p.noise_multiplier >= 2 * count_std:
+        raise ConfigError(
+            f"privacy.clipped_count_stddev = {count_std:g} (0 = sites / 20) must exceed "
+            f"privacy.noise_multiplier / 2 = {p.noise_multiplier / 2:g}: adaptive clipping "
+            "spends part of the noise on the count of clipped updates (Andrew et al. 2021)"
+        )
+    if not p.enabled:
         return {}
     sizes = {n: len(setup.client_dataset(cfg, n, "train")) for n in names}
     return privacy.check_plan(cfg, sizes)
