@@ -52,6 +52,8 @@ BENCH_KNOBS = {
                        "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
     "pretrain_vs_scratch.py": ["--rounds", "1"],
     "bad_input_corpus.py": [],
+    "privacy.py": ["--sites", "3", "--patients", "20", "--rounds", "1", "--steps", "1",
+                   "--eps", "8"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 
