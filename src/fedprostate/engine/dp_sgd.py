@@ -115,7 +115,9 @@ def train_local_private(
                 if cfg.augment:
                     x = augment_batch(x, augment_gen)
                 per_crop = criterion(gsm(x), y) * w_all[idx].to(device)
-                per_crop.sum().backward()
+                with warnings.catch_warnings():  # the frozen input needs no gradient: expected
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    per_crop.sum().backward()
                 for p in params:  # one row per patient: the sum of their crops' gradients
                     rows = p.grad_sample
                     summed = torch.zeros((len(chosen), *rows.shape[1:]), dtype=rows.dtype)
