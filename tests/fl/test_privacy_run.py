@@ -49,6 +49,29 @@ def test_site_limits_come_from_the_node_config():
             site_limits(bad)
 
 
+def test_a_site_refuses_to_train_past_the_patient_budget():
+    from fedprostate.config import RunConfig
+    from fedprostate.fl.client import PublicError, SiteContext, check_site_budget
+
+    cfg = RunConfig.from_flat(
+        {
+            "fl.strategy": "fedavg",
+            "finetune.lora_attn": False,
+            "finetune.lora_mlp": True,
+            "privacy.dp_sgd": True,
+            "privacy.dp_sgd_noise": 1.0,
+            "privacy.delta": 1e-3,
+            "privacy.epsilon": 4.0,
+            "train.steps": 2,
+            "train.batch_size": 8,
+        }
+    )
+    site = SiteContext(name="siteA", state_dir=None, uplink="fp32")
+    check_site_budget(cfg, site, 1, n_train=400)  # q = 0.02: well within
+    with pytest.raises(PublicError, match="privacy.epsilon = 4"):
+        check_site_budget(cfg, site, 50, n_train=16)  # q = 0.5, 100 steps: far beyond
+
+
 @pytest.mark.slow
 def test_dp_epsilon_per_round_and_site_evaluation_cap(tmp_path):
     summary, rounds = _run(
