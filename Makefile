@@ -16,7 +16,7 @@ export PYTHONUTF8 := 1
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,tracking,picai,dicom]'
+	$(BIN)/pip install -q -e '.[test,tracking,picai,dicom,privacy]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -125,6 +125,7 @@ def main() -> None:
             "train.batch_size": 32,
             "train.lr": 1e-3,
             "fl.rounds": args.rounds,
+            "fl.min_sites": min(3, args.sites),
             "fl.strategy": "fedadam",
             "fl.server_lr": 1e-2,
             "fl.fraction_evaluate": 0.0,

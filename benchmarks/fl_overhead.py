@@ -65,6 +65,7 @@ def main() -> None:
             "fl.eval_every": 1000,
             "fl.client_cpus": float(cores),
             "fl.min_train_nodes": args.sites,
+            "fl.min_sites": min(3, args.sites),
             "fl.min_available_nodes": args.sites,
         }
     )

@@ -57,6 +57,8 @@ BENCH_KNOBS = {
     "clinical_task.py": ["--arch", "swin_test", "--crop", "32", "--rounds", "1", "--steps", "1",
                          "--n-boot", "20"],
     "gpu_study_slice.py": ["--sites", "2", "--patients", "8", "--rounds", "1", "--device", "cpu"],
+    "privacy.py": ["--sites", "3", "--patients", "20", "--rounds", "1", "--steps", "1",
+                   "--eps", "8"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 

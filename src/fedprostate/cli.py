@@ -13,6 +13,7 @@ _COMMAND_MODULES = (
     "fedprostate.commands.study",
     "fedprostate.commands.bundle",
     "fedprostate.commands.deploy",
+    "fedprostate.commands.privacy",
 )
 
 for _name in _COMMAND_MODULES:

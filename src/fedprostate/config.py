@@ -1,7 +1,7 @@
 """Typed run configuration: one frozen dataclass per group, TOML files and dotted overrides.
 
 A run is described by a TOML file with tables ``[data]``, ``[model]``, ``[finetune]``,
-``[train]``, ``[fl]``, ``[compress]``, ``[eval]`` and ``[distill]``. Every key can be overridden
+``[train]``, ``[fl]``, ``[compress]``, ``[eval]``, ``[distill]``, ``[track]`` and ``[privacy]``. Every key can be overridden
 on the command line as ``--set group.key=value`` and travels through Flower's run config as the
 same dotted key (``fl.rounds``), so the configuration is parsed once, in one place, into
 :class:`RunConfig`.
@@ -55,7 +55,20 @@ APART_SOURCES = ("sampled",)
 ALPHA = 0.05
 NONINFERIORITY_MARGIN = 0.02
 SUPERIORITY_MARGIN = 0.0
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp")
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp", "lora_attn")
+# Differential privacy (docs/readme/privacy.md). Client level: Flower's DP strategy wrappers
+# (server-side or client-side clipping, fixed or adaptive) or Flower's LocalDpMod at the sites.
+CLIENT_DP = (
+    "off", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive", "local",
+)  # fmt: skip
+ACCOUNTANTS = ("rdp", "prv")  # Opacus' accountants
+# Strategies whose aggregate is the (equally weighted) mean that Flower's DP wrappers noise and
+# that SecAgg+ computes; an adaptive server step (FedAdam) or a robust rule after the sum is not.
+DP_STRATEGIES = ("fedavg", "fedprox")
+SECAGG_STRATEGIES = ("fedavg", "fedprox")
+# Timm Swin partitions windows before attention: attn.qkv/attn.proj see B x windows rows, so
+# Opacus' per-sample gradients of LoRA there are per window, not per sample (docs).
+WINDOWED_ARCHS = tuple(a for a in ARCHS if a.startswith("swin"))
 ADAPTER_KEYS = ("adapter_dim", "adapter_blocks")
 
 
@@ -141,6 +154,8 @@ class FinetuneConfig:
     method: full | linear | adapter | lora | ffa-lora.
     lora_r / lora_alpha / lora_dropout: LoRA rank, scaling numerator (scale = alpha / r), dropout.
     lora_mlp: also put LoRA on the transformer MLPs (fc1, fc2); ignored for ResNet.
+    lora_attn: LoRA on the attention projections (qkv, proj); false with lora_mlp = true puts
+    LoRA on the MLPs only (what DP-SGD on a Swin needs); ignored for ResNet.
     adapter_dim: adapter bottleneck width. adapter_blocks: how many final-stage blocks get one.
     local_norms: FedBN-style: normalisation layers train but stay on the client.
     """
@@ -150,6 +165,7 @@ class FinetuneConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_mlp: bool = False
+    lora_attn: bool = True
     adapter_dim: int = 64
     adapter_blocks: int = 2
     local_norms: bool = False
@@ -161,6 +177,11 @@ class FinetuneConfig:
         _check("finetune.lora_dropout", self.lora_dropout, 0 <= self.lora_dropout < 1, "[0, 1)")
         _check("finetune.adapter_dim", self.adapter_dim, self.adapter_dim >= 1, ">= 1")
         _check("finetune.adapter_blocks", self.adapter_blocks, self.adapter_blocks >= 1, ">= 1")
+        if not (self.lora_attn or self.lora_mlp):
+            raise ConfigError(
+                "finetune.lora_attn = false and finetune.lora_mlp = false leave LoRA no target; "
+                "set one of them to true"
+            )
 
 
 @dataclass(frozen=True)
@@ -216,7 +237,11 @@ class FLConfig:
     Multi-Krum averages (0 = replies - num_malicious). min_available_nodes: connected nodes a
     round needs (waited for at most round_timeout, then the round is skipped), never forced to
     the number of sites. sites: the coordinator's site registry (node id -> site and registered
-    split sizes, written at registration), "" in simulation.
+    split sizes, written at registration), "" in simulation. min_sites: no round aggregates
+    (training or evaluation) from fewer replies, so no aggregate is one site's update; a run
+    whose federation has fewer sites does not start. secure_aggregation: Flower's SecAgg+ (the
+    server only ever holds the sum of the sites' updates); secagg_threshold: fraction of the
+    key shares needed to remove a dropped site's masks (lower survives more drop-outs).
     """
 
     strategy: str = "fedadam"
@@ -240,9 +265,28 @@ class FLConfig:
     # Early stopping on validation: stop after this many scored rounds without a better
     # validation AUROC (0 = run every round). Test data never enters the decision.
     patience: int = 0
+    min_sites: int = 3
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.6
 
     def __post_init__(self) -> None:
         _choice("fl.strategy", self.strategy, STRATEGIES)
+        _check("fl.min_sites", self.min_sites, self.min_sites >= 1, ">= 1")
+        _check(
+            "fl.secagg_threshold", self.secagg_threshold, 0 < self.secagg_threshold <= 1, "(0, 1]"
+        )
+        if self.secure_aggregation and self.strategy not in SECAGG_STRATEGIES:
+            raise ConfigError(
+                f"fl.secure_aggregation = true does not support fl.strategy = "
+                f"{self.strategy!r}: SecAgg+ hands the server only the weighted mean, which "
+                f"{', '.join(SECAGG_STRATEGIES)} use as it is; choose one of them"
+            )
+        if self.secure_aggregation and self.clip_norm > 0:
+            raise ConfigError(
+                "fl.clip_norm needs each site's update at the server, which "
+                "fl.secure_aggregation = true hides; clip at the sites with "
+                'privacy.client = "client-fixed" instead'
+            )
         _check("fl.rounds", self.rounds, self.rounds >= 1, ">= 1")
         _check("fl.fraction_train", self.fraction_train, 0 < self.fraction_train <= 1, "(0, 1]")
         _check(
@@ -355,6 +399,78 @@ class TrackConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy at two levels, one accountant (docs/readme/privacy.md).
+
+    client: client-level DP with Flower's strategy wrappers (``server-fixed``,
+    ``server-adaptive``: the server clips each update; ``client-fixed``, ``client-adaptive``:
+    the sites clip with Flower's mods, the server noises the sum) or Flower's ``LocalDpMod``
+    (``local``: each site clips and noises its own update). noise_multiplier (z) and clip_norm
+    (C, the initial norm when adaptive) belong to it; target_quantile, clip_lr and
+    clipped_count_stddev (0 = Flower's default, sites / 20) to adaptive clipping.
+    dp_sgd: DP-SGD inside each site's training with Opacus, one patient per privacy unit (all of
+    a patient's crops are sampled together and their summed gradient is clipped to dp_sgd_clip);
+    dp_sgd_noise is sigma. epsilon: the budget every enabled level must stay within (0 = only
+    report epsilon); delta: 0 = 1 / (training patients in the federation). accountant: Opacus'
+    RDP or PRV accountant.
+    """
+
+    client: str = "off"
+    noise_multiplier: float = 0.0
+    clip_norm: float = 1.0
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clipped_count_stddev: float = 0.0
+    dp_sgd: bool = False
+    dp_sgd_noise: float = 0.0
+    dp_sgd_clip: float = 1.0
+    epsilon: float = 0.0
+    delta: float = 0.0
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        _choice("privacy.client", self.client, CLIENT_DP)
+        _choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+        for key in ("noise_multiplier", "dp_sgd_noise", "epsilon", "clipped_count_stddev"):
+            value = getattr(self, key)
+            _check(f"privacy.{key}", value, value >= 0 and value != float("inf"), ">= 0, finite")
+        _check("privacy.clip_norm", self.clip_norm, self.clip_norm > 0, "> 0")
+        _check("privacy.dp_sgd_clip", self.dp_sgd_clip, self.dp_sgd_clip > 0, "> 0")
+        _check("privacy.delta", self.delta, 0 <= self.delta < 1, "[0, 1) (0 = 1 / patients)")
+        _check(
+            "privacy.target_quantile",
+            self.target_quantile,
+            0 <= self.target_quantile <= 1,
+            "[0, 1]",
+        )
+        _check("privacy.clip_lr", self.clip_lr, self.clip_lr > 0, "> 0")
+        if self.epsilon > 0 and not self.enabled:
+            raise ConfigError(
+                f"privacy.epsilon = {self.epsilon} is a budget, but no DP mechanism is on "
+                '(privacy.client = "off", privacy.dp_sgd = false): nothing would spend it'
+            )
+        for on, key in ((self.client_level, "noise_multiplier"), (self.dp_sgd, "dp_sgd_noise")):
+            if on and getattr(self, key) == 0 and (self.epsilon > 0 or self.client == "local"):
+                why = (
+                    f"cannot give privacy.epsilon = {self.epsilon}"
+                    if self.epsilon > 0
+                    else 'is no local DP (privacy.client = "local" noises each update)'
+                )
+                raise ConfigError(
+                    f"privacy.{key} = 0 {why}: without noise epsilon is infinite; set a noise "
+                    "multiplier (`fedprostate federate` names the one the budget needs)"
+                )
+
+    @property
+    def client_level(self) -> bool:
+        return self.client != "off"
+
+    @property
+    def enabled(self) -> bool:
+        return self.client_level or self.dp_sgd
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     out: str = ""  # run folder (absolute); set by the commands
@@ -369,9 +485,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         _check("keep_last", self.keep_last, self.keep_last >= 0, ">= 0 (0 = keep every round)")
+        _check_privacy(self)
         if self.fl.strategy == "fedprox" and self.train.prox_mu <= 0:
             raise ConfigError(
                 "fl.strategy = 'fedprox' needs train.prox_mu > 0 (with 0 it is FedAvg)"
@@ -460,6 +578,61 @@ class RunConfig:
                 for k, v in dataclasses.asdict(value).items():
                     lines.append(f"{k} = {_toml_value(v)}")
         return "\n".join(lines) + "\n"
+
+
+def _check_privacy(cfg: RunConfig) -> None:
+    """Combinations under which a DP guarantee or SecAgg+ would be false (docs/readme/privacy.md)."""
+    p, fl = cfg.privacy, cfg.fl
+    if p.client_level and fl.strategy not in DP_STRATEGIES:
+        raise ConfigError(
+            f"privacy.client = {p.client!r} needs fl.strategy in {', '.join(DP_STRATEGIES)} "
+            f"(got {fl.strategy!r}): Flower's wrapper noises the strategy's output, which only "
+            "for the plain mean bounds one site's influence by clip_norm / sites"
+        )
+    if p.client_level and fl.clip_norm > 0:
+        raise ConfigError(
+            "fl.clip_norm and privacy.client both clip updates; privacy.clip_norm is the "
+            "bound the noise is calibrated to: set fl.clip_norm = 0"
+        )
+    if fl.secure_aggregation:
+        if p.client in ("server-fixed", "server-adaptive", "client-adaptive"):
+            raise ConfigError(
+                f"privacy.client = {p.client!r} cannot run with fl.secure_aggregation = true: "
+                "the server never sees one site's update (use client-fixed or local)"
+            )
+        codecs = {
+            "compress.uplink": cfg.compress.uplink,
+            "compress.downlink": cfg.compress.downlink,
+        }
+        for key, text in codecs.items():
+            if text != "fp32":
+                raise ConfigError(
+                    f"{key} = {text!r} with fl.secure_aggregation = true: SecAgg+ quantizes "
+                    "and masks dense fp32 tensors itself; set it to fp32"
+                )
+        if cfg.compress.error_feedback or cfg.compress.site_codecs:
+            raise ConfigError(
+                "compress.error_feedback / compress.site_codecs with fl.secure_aggregation = "
+                "true: SecAgg+ sends dense tensors; turn them off"
+            )
+    if p.dp_sgd:
+        if cfg.finetune.method == "full":
+            raise ConfigError(
+                "privacy.dp_sgd = true with finetune.method = 'full': per-sample gradients of "
+                "every backbone tensor (Swin's relative position tables included) are not "
+                "supported; use lora, ffa-lora, adapter or linear"
+            )
+        swin_lora = cfg.model.arch in WINDOWED_ARCHS and cfg.finetune.method in ("lora", "ffa-lora")
+        if swin_lora and cfg.finetune.lora_attn:
+            raise ConfigError(
+                f"privacy.dp_sgd = true with model.arch = {cfg.model.arch!r} and "
+                "finetune.lora_attn = true: Swin's window attention gives Opacus per-window, "
+                "not per-sample gradients; set finetune.lora_attn = false and "
+                "finetune.lora_mlp = true (LoRA on the MLPs + head)"
+            )
+        if cfg.train.prox_mu > 0 or cfg.distill.teacher:
+            key = "train.prox_mu" if cfg.train.prox_mu > 0 else "distill.teacher"
+            raise ConfigError(f"{key} is not supported with privacy.dp_sgd = true")
 
 
 def _check_combinations(cfg: RunConfig, given: set[str]) -> None:

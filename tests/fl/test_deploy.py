@@ -57,7 +57,7 @@ SETTINGS = {
 def _args(cache: Path, out: Path, sites: int, rounds: int, **extra) -> list[str]:
     args = ["deploy-local", "--sites", str(sites), "--cache", str(cache), "--out", str(out)]
     args += ["--rounds", str(rounds)]
-    for key, value in {**SETTINGS, **extra}.items():
+    for key, value in {**SETTINGS, "fl.min_sites": min(3, sites), **extra}.items():
         args += ["--set", f"{key}={value}"]
     return args
 

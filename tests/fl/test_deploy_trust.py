@@ -126,4 +126,7 @@ def test_the_deployment_never_forces_min_nodes_to_the_site_count(tmp_path):
     run_cfg = deployment_config(cfg, tmp_path / "run", n_sites=3, sites_file=tmp_path / "s.json")
     assert run_cfg.fl.min_available_nodes == 2
     assert run_cfg.fl.sites == str((tmp_path / "s.json").resolve())
-    assert deployment_config(cfg, tmp_path, n_sites=1).fl.min_available_nodes == 1
+    one = cfg.replace(**{"fl.min_sites": 1})
+    assert deployment_config(one, tmp_path, n_sites=1).fl.min_available_nodes == 1
+    with pytest.raises(ValueError, match=r"fl\.min_sites = 3 is larger than the federation"):
+        deployment_config(cfg, tmp_path, n_sites=2)  # the default fl.min_sites = 3

@@ -27,7 +27,7 @@ def server_identity(monkeypatch):
 
 
 def _strategy(name: str):
-    cfg = RunConfig.from_flat({"fl.strategy": name, "fl.min_train_nodes": 2})
+    cfg = RunConfig.from_flat({"fl.strategy": name, "fl.min_train_nodes": 2, "fl.min_sites": 1})
     strategy = make_strategy(cfg, num_clients=10)
     strategy.attach(SHAPES, "fp32", seed=0, foundation_sha="abc")
     strategy.reference = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}

@@ -77,3 +77,18 @@ def test_exported_card_header_provenance_and_no_absolute_paths(tmp_path):
     assert absolute == []
     other = export_run(run, tmp_path / "elsewhere", formats=("bundle",), n_boot=20)
     assert other["source_run"] == "run"
+
+
+def test_model_card_states_the_privacy_guarantee():
+    from fedprostate.runs.model_card import privacy_text
+
+    assert privacy_text(None).startswith("none")
+    report = {
+        "delta": 1 / 18,
+        "accountant": "rdp",
+        "round": 2,
+        "client": {"epsilon": 3.3002},
+        "epsilon_patient_bound": 3.3002,
+    }
+    text = privacy_text(report)
+    assert "client level epsilon 3.3" in text and "delta 0.0556" in text and "2 rounds" in text

@@ -74,7 +74,7 @@ def test_centralize_seeds_from_the_command_line(tmp_path):
     args = ["centralize", "--data", str(cache), "--out", str(tmp_path / "sweep"), "--seeds",
             "0,1", "--json", "--set", "model.arch=swin_test", "--set", "model.crop=32",
             "--set", "finetune.lora_r=2", "--set", "train.steps=1", "--set", "fl.rounds=1",
-            "--set", "train.batch_size=8"]  # fmt: skip
+            "--set", "train.batch_size=8", "--set", "fl.min_sites=2"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)

@@ -177,6 +177,25 @@ def prepare_run_config(cfg: RunConfig, out: str | Path, resume: bool = False) ->
     return cfg.replace(**changes)
 
 
+def federation_patients(cfg: RunConfig) -> int:
+    """Training patients of the whole federation (each site's training split as it trains)."""
+    return len(
+        {
+            (r["site"], r["patient_id"])
+            for name in client_names(cfg)
+            for r in client_dataset(cfg, name, "train").rows
+        }
+    )
+
+
+def resolve_privacy(cfg: RunConfig) -> RunConfig:
+    """``privacy.delta = 0`` means 1 / (training patients of the federation): fixed here, once,
+    so every site and the record use the same value."""
+    if not cfg.privacy.enabled or cfg.privacy.delta > 0:
+        return cfg
+    return cfg.replace(**{"privacy.delta": 1.0 / max(1, federation_patients(cfg))})
+
+
 def check_tracking(cfg: RunConfig) -> None:
     """The tracking libraries the configuration asks for are installed (TrackingError if not)."""
     check_available(cfg.track.tensorboard, cfg.track.use_mlflow)

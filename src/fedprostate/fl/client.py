@@ -19,7 +19,8 @@ from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.compress.error_feedback import ErrorFeedback
 from fedprostate.config import RunConfig, parse_codec
-from fedprostate.engine import setup
+from fedprostate.engine import privacy, setup
+from fedprostate.engine.dp_sgd import train_local_private
 from fedprostate.engine.loop import lr_scale, score_dataset, train_local
 from fedprostate.records.audit import AUDIT_FILE, AuditLog
 
@@ -37,6 +38,47 @@ class SiteContext:
     name: str
     state_dir: Path | None
     uplink: str  # codec spec text
+    # The hospital's own limits on evaluation (node config ``eval-splits``, ``max-evals``): the
+    # splits it scores for the server and how many evaluation queries it answers per run.
+    eval_splits: tuple[str, ...] = ("val",)
+    max_evals: int = 0  # 0 = no cap
+
+
+EVAL_SPLITS = ("train", "val", "test")
+
+
+def site_limits(node_config: dict) -> tuple[tuple[str, ...], int]:
+    """(splits the site evaluates, evaluation queries per run; 0 = no cap) from its node config."""
+    text = str(node_config.get("eval-splits", "val"))
+    splits = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    bad = [s for s in splits if s not in EVAL_SPLITS]
+    if bad or not splits:
+        raise ValueError(
+            f"node config eval-splits = {text!r}: choose splits among {', '.join(EVAL_SPLITS)}"
+        )
+    try:
+        cap = int(node_config.get("max-evals", 0))
+    except (TypeError, ValueError):
+        cap = -1
+    if cap < 0:
+        raise ValueError(
+            f"node config max-evals = {node_config.get('max-evals')!r}: a whole number >= 0"
+        )
+    return splits, cap
+
+
+def check_eval_allowed(site: SiteContext, split: str, answered: int) -> None:
+    """Refuse an evaluation query the site's node config does not allow (PublicError)."""
+    if split not in site.eval_splits:
+        raise PublicError(
+            f"site {site.name} does not evaluate split {split!r} for the server "
+            f"(node config eval-splits = {','.join(site.eval_splits)})"
+        )
+    if site.max_evals and answered >= site.max_evals:
+        raise PublicError(
+            f"site {site.name} answered its {site.max_evals} evaluation queries of this run "
+            "(node config max-evals)"
+        )
 
 
 def site_context(cfg: RunConfig, node_config: dict, run_dir: str) -> SiteContext:
@@ -56,18 +98,28 @@ def site_context(cfg: RunConfig, node_config: dict, run_dir: str) -> SiteContext
     else:
         uplink = str(cfg.compress.uplink_of(name))
     base = node_config.get("state-dir") or (Path(run_dir) / "client_state" if run_dir else None)
-    return SiteContext(name=name, state_dir=Path(base) / name if base else None, uplink=uplink)
+    splits, cap = site_limits(node_config)
+    return SiteContext(
+        name=name,
+        state_dir=Path(base) / name if base else None,
+        uplink=uplink,
+        eval_splits=splits,
+        max_evals=cap,
+    )
 
 
 def audit_sent(site: SiteContext, msg, phase: str, content=None, error: str = "") -> None:
     """The site's own record of what leaves it: tensor names and bytes, metrics, error text."""
     if site.state_dir is None:
         return
+    config = msg.content.config_records.get("config") or msg.content.config_records.get(
+        "fitins.config", {}
+    )
     fields: dict = {
         "site": site.name,
         "phase": phase,
         "run_id": int(msg.metadata.run_id),
-        "round": int(msg.content["config"].get("server-round", -1)),
+        "round": int(config.get("server-round", msg.metadata.group_id or -1)),
     }
     if error:
         fields["error"] = error
@@ -116,9 +168,18 @@ def _save_state(
     tmp.replace(path)
 
 
-def receive_global(
-    cfg: RunConfig, received: dict[str, np.ndarray], downlink: str, expected_sha: str = ""
-) -> tuple[setup.ModelBundle, dict[str, np.ndarray]]:
+def decode_global(
+    cfg: RunConfig, received: dict[str, np.ndarray], downlink: str
+) -> dict[str, np.ndarray]:
+    """The global tensors a site works from: the broadcast decoded with its ``downlink`` codec."""
+    shapes = setup.communicated_shapes(setup.build_model(cfg).ft)
+    return delta.unpack_downlink(received, CodecSpec.parse(downlink), shapes)
+
+
+def load_global(
+    cfg: RunConfig, global_tensors: dict[str, np.ndarray], expected_sha: str = ""
+) -> setup.ModelBundle:
+    """The model with ``global_tensors`` loaded, after checking the foundation's hash."""
     bundle = setup.build_model(cfg)
     if expected_sha and expected_sha != bundle.foundation_sha256:
         raise PublicError(
@@ -127,55 +188,71 @@ def receive_global(
             "are meaningless; "
             "install the consortium's foundation checkpoint"
         )
-    shapes = setup.communicated_shapes(bundle.ft)
-    global_tensors = delta.unpack_downlink(received, CodecSpec.parse(downlink), shapes)
     setup.load_communicated(bundle.ft, global_tensors)
-    return bundle, global_tensors
+    return bundle
+
+
+def check_site_budget(cfg: RunConfig, site: SiteContext, server_round: int, n_train: int) -> None:
+    """The site's own accountant: refuse to train when this round would exceed its budget."""
+    p = cfg.privacy
+    if not (p.dp_sgd and p.epsilon > 0):
+        return
+    eps = privacy.patient_epsilon(cfg, n_train, server_round, p.delta).cumulative
+    if eps > p.epsilon:
+        raise PublicError(
+            f"site {site.name}: privacy budget: patient-level epsilon after round {server_round} "
+            f"would be {eps:.3g} > privacy.epsilon = {p.epsilon:g}; not training"
+        )
 
 
 def train_round(
     cfg: RunConfig,
     site: SiteContext,
     server_round: int,
-    received: dict[str, np.ndarray],
-    downlink: str = "fp32",
+    global_tensors: dict[str, np.ndarray],
     expected_sha: str = "",
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Train on this site's data from the received global; return (wire tensors, metrics)."""
-    bundle, global_tensors = receive_global(cfg, received, downlink, expected_sha)
+    """Train on this site's data from the global tensors; return (full tensors, metrics).
+
+    The tensors come back in the order they arrived (Flower's clipping mods compare the keys).
+    Under differential privacy only the tensors carry information: num-examples is 1 (equal
+    weights, as the noise calibration assumes) and the loss and validation scores are NaN.
+    """
+    bundle = load_global(cfg, global_tensors, expected_sha)
     ft = bundle.ft
     setup.set_local_state(ft, _load_state(site, "local", server_round) or bundle.initial_local)
     train_ds = setup.client_dataset(cfg, site.name, "train")
     seed = setup.client_seed(cfg, server_round, site.name)
-    anchors = {k: torch.from_numpy(v) for k, v in global_tensors.items()}
-    result = train_local(
-        ft.model,
-        train_ds,
-        cfg.train,
-        seed=seed,
-        global_params=anchors,
-        teacher=setup.teacher_model(cfg),
-        kd_temperature=cfg.distill.temperature,
-        kd_alpha=cfg.distill.alpha,
-        lr_scale=lr_scale(cfg.train, server_round, cfg.fl.rounds),
-    )
-    _save_state(site, "local", server_round, setup.local_state(ft))
-
-    spec = CodecSpec.parse(site.uplink)
-    feedback = None
-    if cfg.compress.error_feedback and not delta.is_raw(spec):
-        saved = _load_state(site, "ef", server_round)
-        feedback = ErrorFeedback({k: v.numpy() for k, v in saved.items()} if saved else None)
-    rng = np.random.default_rng(seed)
-    out = delta.pack_uplink(setup.communicated_numpy(ft), global_tensors, spec, rng, feedback)
-    if feedback is not None:
-        _save_state(
-            site,
-            "ef",
-            server_round,
-            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feedback.residual.items()},
+    scale = lr_scale(cfg.train, server_round, cfg.fl.rounds)
+    if cfg.privacy.dp_sgd:
+        check_site_budget(cfg, site, server_round, len(train_ds))
+        result = train_local_private(ft.model, train_ds, cfg.train, cfg.privacy, seed, scale)
+    else:
+        anchors = {k: torch.from_numpy(v) for k, v in global_tensors.items()}
+        result = train_local(
+            ft.model,
+            train_ds,
+            cfg.train,
+            seed=seed,
+            global_params=anchors,
+            teacher=setup.teacher_model(cfg),
+            kd_temperature=cfg.distill.temperature,
+            kd_alpha=cfg.distill.alpha,
+            lr_scale=scale,
         )
-
+    _save_state(site, "local", server_round, setup.local_state(ft))
+    trained = setup.communicated_numpy(ft)
+    out = {k: trained[k] for k in global_tensors}
+    if cfg.privacy.enabled:
+        metrics = {
+            "num-examples": 1,
+            "train-loss": float("nan"),
+            "val-auroc": float("nan"),
+            "val-n": 0,
+            "steps": result.steps,
+        }
+        log.info("site %s round %d: trained %d DP steps", site.name, server_round, result.steps)
+        return out, metrics
     val, _ = score_dataset(ft.model, setup.client_dataset(cfg, site.name, "val"))
     metrics = {
         "num-examples": result.num_examples,
@@ -194,17 +271,42 @@ def train_round(
     return out, metrics
 
 
+def encode_reply(
+    cfg: RunConfig,
+    site: SiteContext,
+    server_round: int,
+    trained: dict[str, np.ndarray],
+    global_tensors: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """What leaves the site: the trained tensors in its uplink codec (relative to the global it
+    received), with error feedback when configured."""
+    spec = CodecSpec.parse(site.uplink)
+    feedback = None
+    if cfg.compress.error_feedback and not delta.is_raw(spec):
+        saved = _load_state(site, "ef", server_round)
+        feedback = ErrorFeedback({k: v.numpy() for k, v in saved.items()} if saved else None)
+    rng = np.random.default_rng(setup.client_seed(cfg, server_round, site.name))
+    out = delta.pack_uplink(trained, global_tensors, spec, rng, feedback)
+    if feedback is not None:
+        _save_state(
+            site,
+            "ef",
+            server_round,
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feedback.residual.items()},
+        )
+    return out
+
+
 def evaluate_round(
     cfg: RunConfig,
     site: SiteContext,
     server_round: int,
-    received: dict[str, np.ndarray],
+    global_tensors: dict[str, np.ndarray],
     split: str = "val",
-    downlink: str = "fp32",
     expected_sha: str = "",
 ) -> dict:
-    """Federated evaluation of the received global model on this site's ``split``."""
-    bundle, _ = receive_global(cfg, received, downlink, expected_sha)
+    """Federated evaluation of the global model on this site's ``split``."""
+    bundle = load_global(cfg, global_tensors, expected_sha)
     setup.set_local_state(
         bundle.ft, _load_state(site, "local", server_round + 1) or bundle.initial_local
     )

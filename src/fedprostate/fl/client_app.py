@@ -1,5 +1,10 @@
 """Flower ClientApp: one per hospital. Thin glue: records in, plain functions, records out.
 
+Training runs through a chain of Flower mods (``site_mods``: SecAgg+, codecs, DP clipping and
+noise, in that documented order). Evaluation obeys the site's own limits from its node config
+(``eval-splits``: the splits it scores, default ``val``; ``max-evals``: queries answered per run;
+counted in the node's context state, which a SuperNode restart resets).
+
 Errors sent to the server carry no patient/study identifiers or file paths: the full error stays
 in the site's local log, the server gets the exception type and the site name only — unless the
 error is a ``PublicError`` written to be shared (e.g. a foundation hash mismatch). Everything that
@@ -20,12 +25,17 @@ from fedprostate.fl.client import (
     PublicError,
     SiteContext,
     audit_sent,
+    check_eval_allowed,
+    decode_global,
     evaluate_round,
     site_context,
     train_round,
 )
 from fedprostate.fl.config_io import config_from_context
+from fedprostate.fl.site_mods import run_chain, train_chain
 from fedprostate.fl.strategies import REPORT_KEY
+
+LIMITS_KEY = "site-limits"  # this run's evaluation queries answered (the node's context state)
 
 log = logging.getLogger("fedprostate.site")
 
@@ -54,41 +64,48 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
     def handle_train(msg: Message, context: Context) -> Message:
         cfg = config_from_context(context.run_config, overrides, context.node_config)
         site = site_context(cfg, context.node_config, cfg.out)
-        config = msg.content["config"]
-        with errors_stay_local(site, "training", msg):
+
+        def train_handler(inner: Message, ctx: Context) -> Message:
+            config = inner.content["config"]
             out, metrics = train_round(
                 cfg,
                 site,
                 int(config["server-round"]),
-                wire.from_record(msg.content["arrays"]),
-                downlink=str(config.get("downlink", "fp32")),
+                wire.from_record(inner.content["arrays"]),
                 expected_sha=str(config.get("foundation-sha256", "")),
             )
-        content = RecordDict(
-            {
-                "arrays": wire.to_record(out),
-                "metrics": MetricRecord(metrics),
-                REPORT_KEY: ConfigRecord({"site": site.name, "codec": site.uplink}),
-            }
-        )
-        audit_sent(site, msg, "training", content=content)
-        return Message(content=content, reply_to=msg)
+            content = RecordDict({"arrays": wire.to_record(out), "metrics": MetricRecord(metrics)})
+            return Message(content=content, reply_to=inner)
+
+        with errors_stay_local(site, "training", msg):
+            reply = run_chain(train_chain(cfg, site), train_handler, msg, context)
+        if reply.has_error():
+            audit_sent(site, msg, "training", error=reply.error.reason)
+        else:
+            audit_sent(site, msg, "training", content=reply.content)
+        return reply
 
     @app.evaluate()
     def handle_evaluate(msg: Message, context: Context) -> Message:
         cfg = config_from_context(context.run_config, overrides, context.node_config)
         site = site_context(cfg, context.node_config, cfg.out)
         config = msg.content["config"]
+        split = str(config.get("split", "val"))
+        limits = context.state.config_records.get(LIMITS_KEY) or ConfigRecord({"evals": 0})
         with errors_stay_local(site, "evaluation", msg):
+            check_eval_allowed(site, split, int(limits["evals"]))
+            global_tensors = decode_global(
+                cfg, wire.from_record(msg.content["arrays"]), str(config.get("downlink", "fp32"))
+            )
             metrics = evaluate_round(
                 cfg,
                 site,
                 int(config["server-round"]),
-                wire.from_record(msg.content["arrays"]),
-                split=str(config.get("split", "val")),
-                downlink=str(config.get("downlink", "fp32")),
+                global_tensors,
+                split=split,
                 expected_sha=str(config.get("foundation-sha256", "")),
             )
+        context.state.config_records[LIMITS_KEY] = ConfigRecord({"evals": int(limits["evals"]) + 1})
         content = RecordDict(
             {"metrics": MetricRecord(metrics), REPORT_KEY: ConfigRecord({"site": site.name})}
         )

@@ -16,11 +16,14 @@ class RoundLedger:
     evaluation: list[dict] = field(default_factory=list)  # federated evaluation per site
     notes: list[str] = field(default_factory=list)  # skipped rounds, dropped aggregates
     evaluated: dict = field(default_factory=dict)  # aggregated federated evaluation metrics
+    extra: dict = field(default_factory=dict)  # e.g. "dp": the round's clip norm and noise
 
     def pop(self) -> dict:
         out = {"clients": self.clients, "rejected": self.rejected, "fed_eval": self.evaluation}
         # Evaluation broadcasts carry the global model too: counted apart, never as zero.
         out["bytes_down_evaluate"] = int(sum(self.down_evaluate.values()))
+        out.update(self.extra)
+        self.extra = {}
         if self.notes:
             out["notes"] = self.notes
         if "auroc" in self.evaluated:

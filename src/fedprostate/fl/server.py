@@ -20,18 +20,42 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
 
 from fedprostate.config import RunConfig
-from fedprostate.engine import setup
+from fedprostate.engine import privacy, setup
 from fedprostate.engine.loop import score_dataset
 from fedprostate.engine.selection import BestOnValidation, EarlyStop
 from fedprostate.eval.calibration import calibration_report
 from fedprostate.fl import wire
 from fedprostate.fl.registry import SiteRegistry
+from fedprostate.fl.secagg import SecAggServer
 from fedprostate.fl.strategies import make_strategy
 from fedprostate.records import predictions
 from fedprostate.records.audit import AUDIT_FILE, AuditLog
 from fedprostate.records.run_folder import Checkpoint, RunRecorder, file_sha256
 
 log = logging.getLogger("fedprostate.server")
+
+
+class PrivacyStop(EarlyStop):
+    """The next round would exceed the privacy budget (privacy.epsilon)."""
+
+    def __init__(self, round: int, best_round: int | None, reason: str):
+        super().__init__(round, best_round if best_round is not None else round)
+        self.reason = reason
+        self.args = (f"stopped after round {round}: {reason}",)
+
+
+def make_driver(cfg: RunConfig, registry: SiteRegistry | None, num_clients: int):
+    """The configured Flower strategy with the project's hooks, or the SecAgg+ legacy path."""
+    if cfg.fl.secure_aggregation:
+        sizes = [e.train for e in registry.by_site.values()] if registry else []
+        # SecAgg+ weights each site by num-examples / max_weight: 1 under DP, else crop counts
+        return SecAggServer(cfg, num_clients, 1 if cfg.privacy.enabled else max(sizes or [1000]))
+    return make_strategy(cfg, num_clients)
+
+
+def train_sizes(registry: SiteRegistry | None) -> dict[str, int]:
+    """Registered training-set sizes (crops) per site: what the patient-level accountant uses."""
+    return {s: e.train for s, e in registry.by_site.items()} if registry else {}
 
 
 class BenchmarkScorer:
@@ -112,7 +136,10 @@ def run_server(grid, cfg: RunConfig) -> dict:
     arrays = dict(bundle.initial_communicated)
     simulation = bool(cfg.data.cache)
     registry, num_clients = site_registry(cfg)
-    strategy = make_strategy(cfg, num_clients)
+    strategy = make_driver(cfg, registry, num_clients)
+    sizes = train_sizes(registry)
+    if cfg.privacy.enabled:  # refuse a plan over budget (the run command refused it already)
+        privacy.check_plan(cfg, sizes)
     random.seed(cfg.seed)  # Flower's node sampling draws from the global `random`
     offset, wall_before = 0, 0.0
     ckpt = recorder.last_good_round() if cfg.resume else None
@@ -146,6 +173,7 @@ def run_server(grid, cfg: RunConfig) -> dict:
         registry=registry,
         node_wait=cfg.fl.round_timeout,
         clip_norm=cfg.fl.clip_norm,
+        min_sites=cfg.fl.min_sites,
     )
     scorer = BenchmarkScorer(cfg, recorder.read_rounds()) if simulation else None
 
@@ -158,6 +186,8 @@ def run_server(grid, cfg: RunConfig) -> dict:
         if server_round > 0:
             entry.update(strategy.ledger.pop())
             audit_round(audit, entry)
+        if server_round > 0 and cfg.privacy.enabled:
+            entry["privacy"] = privacy.round_report(cfg, sizes, current)
         due = current % cfg.fl.eval_every == 0 or current == cfg.fl.rounds
         if scorer is not None and due:
             entry.update(scorer.score(current, tensors))
@@ -173,6 +203,11 @@ def run_server(grid, cfg: RunConfig) -> dict:
             recorder.prune_checkpoints(cfg.keep_last)
             if scorer is not None and scorer.chooser.should_stop and current < cfg.fl.rounds:
                 raise EarlyStop(current, scorer.chooser.best_round)
+            if cfg.privacy.enabled and current < cfg.fl.rounds:
+                why = privacy.budget_problem(cfg, privacy.round_report(cfg, sizes, current + 1))
+                if why:
+                    best = scorer.chooser.best_round if scorer is not None else None
+                    raise PrivacyStop(current, best, why)
         if "val" in entry:
             return MetricRecord(
                 {
@@ -202,6 +237,8 @@ def run_server(grid, cfg: RunConfig) -> dict:
         except EarlyStop as stop:
             log.info("%s", stop)
             stopped = {"round": stop.round, "best_round": stop.best_round}
+            if isinstance(stop, PrivacyStop):
+                stopped["reason"] = stop.reason
             final = recorder.latest_checkpoint(keep_strategy_state=False).arrays
     if scorer is not None:
         _rescore_best_if_earlier(scorer, recorder)
@@ -210,6 +247,8 @@ def run_server(grid, cfg: RunConfig) -> dict:
     recorder.write_model(shipped)  # the validation-chosen round's weights, as exported
     summary = summarize(cfg, recorder, scorer, bundle, time.time() - t0 + wall_before)
     summary["model_round"] = model_round
+    if cfg.privacy.enabled:
+        summary["privacy"] = privacy_summary(cfg, recorder, sizes, model_round)
     if stopped is not None:
         summary["stopped_early"] = stopped
     recorder.write_summary(summary)
@@ -222,6 +261,16 @@ def run_server(grid, cfg: RunConfig) -> dict:
         rejected_replies=summary["rejected_replies"],
     )
     return summary
+
+
+def privacy_summary(cfg: RunConfig, recorder: RunRecorder, sizes: dict, model_round: int) -> dict:
+    """epsilon of the shipped model (the rounds up to it) and of the whole run, per level."""
+    done = max([e["round"] for e in recorder.read_rounds()] or [0])
+    run = privacy.round_report(cfg, sizes, done)
+    shipped = privacy.round_report(cfg, sizes, model_round) if model_round else {}
+    # the rounds after the shipped one were released too (every checkpoint is a release):
+    # the guarantee of the run is the one of all its rounds
+    return {**run, "model_round_epsilon_patient_bound": shipped.get("epsilon_patient_bound")}
 
 
 def audit_round(audit: AuditLog, entry: dict) -> None:

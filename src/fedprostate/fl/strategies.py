@@ -10,6 +10,9 @@
   complete, well-shaped, float32, finite and decodable; anything else is dropped and logged with
   the site's name (Flower would raise ``InconsistentMessageReplies`` and end the run);
 - optional update-norm clipping (``fl.clip_norm``) with Flower's clipping function;
+- no aggregate from fewer than ``fl.min_sites`` usable replies (training and evaluation), so no
+  aggregate is one or two sites' own update;
+- client-level DP (``privacy.client``) through Flower's wrappers behind these hooks (``fl.dp``);
 - the strategy's own aggregation guarded (``fl.robust``): an exception is traced to the reply that
   causes it (leave-one-out), which is dropped with the site named; an aggregate or optimizer state
   with NaN/Inf is dropped and logged, and the strategy state (FedAdam's ``m_t``/``v_t``) restored;
@@ -43,6 +46,7 @@ from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.config import STRATEGIES, ConfigError, RunConfig
 from fedprostate.fl import robust, wire
+from fedprostate.fl.dp import NORM_BIT, DPStrategy, make_wrapper
 from fedprostate.fl.ledger import NodesSnapshot, RoundLedger
 from fedprostate.fl.registry import SiteRegistry
 from fedprostate.fl.replies import (
@@ -61,6 +65,8 @@ REPORT_KEY = "report"  # ConfigRecord in each reply: site name and codec (no pat
 class ProjectHooks:
     """Mixin: put it before a Flower strategy in the bases (``class X(ProjectHooks, FedAdam)``)."""
 
+    min_sites = 1  # make_strategy sets fl.min_sites
+
     def attach(
         self,
         shapes: dict[str, tuple[int, ...]],
@@ -71,6 +77,7 @@ class ProjectHooks:
         registry: SiteRegistry | None = None,
         node_wait: float = 3600.0,
         clip_norm: float = 0.0,
+        min_sites: int | None = None,
     ) -> None:
         self.shapes = shapes
         self.downlink = CodecSpec.parse(downlink)
@@ -82,6 +89,34 @@ class ProjectHooks:
         self.registry = registry
         self.node_wait = node_wait
         self.clip_norm = clip_norm
+        if min_sites is not None:
+            self.min_sites = min_sites
+        dp_mode = getattr(self, "dp_mode", "off")
+        self.equal_weights = dp_mode != "off"  # DP noise is calibrated to the plain mean
+        self.train_metrics = TRAIN_METRICS | (
+            {NORM_BIT} if dp_mode == "client-adaptive" else frozenset()
+        )
+
+    # ---- cooperative extension points (``fl.dp.DPStrategy`` behind these hooks) --------
+    def after_broadcast(self, reference: dict[str, np.ndarray]) -> None:
+        parent = getattr(super(), "after_broadcast", None)
+        if parent is not None:
+            parent(reference)
+
+    def reclip_norm(self) -> float:
+        parent = getattr(super(), "reclip_norm", None)
+        return parent() if parent is not None else self.clip_norm
+
+    def _too_few(self, server_round: int, n: int, phase: str) -> bool:
+        if n >= self.min_sites:
+            return False
+        note = (
+            f"round {server_round}: {phase} not aggregated: {n} usable repl"
+            f"{'y' if n == 1 else 'ies'}, fewer than fl.min_sites = {self.min_sites}"
+        )
+        log.warning(note)
+        self.ledger.notes.append(note)
+        return True
 
     # ---- sampling ------------------------------------------------------------------------
     def _nodes_or_skip(self, grid, needed: int, server_round: int, phase: str):
@@ -95,7 +130,7 @@ class ProjectHooks:
             if time.monotonic() >= deadline:
                 note = (
                     f"round {server_round}: {phase} skipped: {len(nodes)} node(s) connected, "
-                    f"{needed} needed (fl.min_available_nodes), waited {self.node_wait:.0f} s"
+                    f"{needed} needed (fl.min_available_nodes, fl.min_sites), waited {self.node_wait:.0f} s"
                 )
                 log.warning(note)
                 self.ledger.notes.append(note)
@@ -134,7 +169,9 @@ class ProjectHooks:
         if (grid := self._nodes_or_skip(grid, needed, server_round, "training")) is None:
             return []
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        return self._broadcast(messages, arrays, server_round, self.ledger.down)
+        out = self._broadcast(messages, arrays, server_round, self.ledger.down)
+        self.after_broadcast(self.reference)
+        return out
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
         server_round += self.round_offset
@@ -188,7 +225,7 @@ class ProjectHooks:
         if claimed in seen:
             return None, f"a second reply claiming site {claimed!r} in this round"
         metrics = next(iter(content.metric_records.values()))
-        why = metrics_problem(metrics, TRAIN_METRICS if phase == "train" else EVALUATE_METRICS)
+        why = metrics_problem(metrics, self.train_metrics if phase == "train" else EVALUATE_METRICS)
         if why:
             return None, why
         n, why, capped = checked_count(metrics["num-examples"], cap)
@@ -241,22 +278,27 @@ class ProjectHooks:
                 "bytes_up": up_bytes,
                 "bytes_down": self.ledger.down.get(node, 0),
             }
-            if self.clip_norm > 0:
-                decoded, norm = robust.clip_update(decoded, self.reference, self.clip_norm)
+            if (clip := self.reclip_norm()) > 0:
+                decoded, norm = robust.clip_update(decoded, self.reference, clip)
                 entry["update_norm"] = norm
-                entry["clipped"] = norm > self.clip_norm
+                entry["clipped"] = norm > clip
             accepted.append({"msg": msg, "entry": entry, "tensors": decoded})
         accepted.sort(key=lambda item: item["entry"]["site"])
         if not accepted:
             log.warning("round %d: no usable replies; the global model is kept", server_round)
             return None, None
+        if self._too_few(server_round, len(accepted), "training"):
+            return None, None
+        order = list(self.reference) or None  # Flower's DP wrappers pair tensors by position
 
         def run(items: list[dict]):
             for item in items:  # fresh records each attempt: strategies may consume them
-                metrics = MetricRecord(
-                    {k: v for k, v in item["entry"].items() if k in TRAIN_METRICS}
-                )
-                arrays = wire.to_record(item["tensors"])
+                values = {k: v for k, v in item["entry"].items() if k in self.train_metrics}
+                if self.equal_weights:
+                    values["num-examples"] = 1.0
+                metrics = MetricRecord(values)
+                tensors = item["tensors"]
+                arrays = wire.to_record({k: tensors[k] for k in order or tensors})
                 item["msg"].content = RecordDict({"arrays": arrays, "metrics": metrics})
             return super(ProjectHooks, self).aggregate_train(
                 server_round, [i["msg"] for i in items]
@@ -295,7 +337,7 @@ class ProjectHooks:
             entry = {**admitted["metrics"], "site": admitted["site"]}
             accepted.append({"msg": msg, "entry": entry})
         accepted.sort(key=lambda item: item["entry"]["site"])
-        if not accepted:
+        if not accepted or self._too_few(server_round, len(accepted), "evaluation"):
             return None
 
         def run(items: list[dict]):
@@ -317,6 +359,8 @@ class ProjectHooks:
         for slot in ("m_t", "v_t"):
             for k, v in (getattr(self, slot, None) or {}).items():
                 out[f"{slot}/{k}"] = np.asarray(v)
+        if getattr(self, "dp", None) is not None:  # adaptive clipping's current norm
+            out["dp/clipping_norm"] = np.asarray(self.dp.clipping_norm, dtype=np.float64)
         return out
 
     def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
@@ -324,6 +368,8 @@ class ProjectHooks:
             values = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(slot + "/")}
             if values and hasattr(self, slot):
                 setattr(self, slot, values)
+        if "dp/clipping_norm" in state and getattr(self, "dp", None) is not None:
+            self.dp.clipping_norm = float(state["dp/clipping_norm"])
 
 
 def _scalar(value):
@@ -361,13 +407,17 @@ def make_strategy(cfg: RunConfig, num_clients: int) -> ProjectHooks:
             f"least {fl.min_replies()} sites per round; this federation has {num_clients}"
         )
     base = _BASES[fl.strategy]
-    cls = type(f"Project{base.__name__}", (ProjectHooks, base), {})
+    private = cfg.privacy.client_level
+    bases = (ProjectHooks, DPStrategy, base) if private else (ProjectHooks, base)
+    cls = type(f"Project{'DP' if private else ''}{base.__name__}", bases, {})
+    # Flower samples max(fraction x nodes, min_train_nodes): never fewer than fl.min_sites.
+    least = min(max(fl.min_train_nodes, fl.min_sites), num_clients)
     common = dict(
         fraction_train=fl.fraction_train,
         fraction_evaluate=fl.fraction_evaluate,
-        min_train_nodes=min(fl.min_train_nodes, num_clients),
-        min_evaluate_nodes=min(fl.min_train_nodes, num_clients),
-        min_available_nodes=min(fl.min_available_nodes, num_clients),
+        min_train_nodes=least,
+        min_evaluate_nodes=least,
+        min_available_nodes=min(max(fl.min_available_nodes, least), num_clients),
     )
     if fl.strategy in ("fedadam", "fedyogi", "fedadagrad"):
         opt = dict(eta=fl.server_lr, eta_l=cfg.train.lr, tau=fl.tau)
@@ -384,4 +434,9 @@ def make_strategy(cfg: RunConfig, num_clients: int) -> ProjectHooks:
         },
         "bulyan": {"num_malicious_nodes": fl.num_malicious},
     }.get(fl.strategy, {})
-    return cls(**common, **extra)
+    strategy = cls(**common, **extra)
+    strategy.min_sites = fl.min_sites
+    if private:  # the wrapper holds its own plain instance of the same Flower strategy
+        strategy.dp = make_wrapper(cfg, base(**common, **extra), num_clients)
+        strategy.dp_mode = cfg.privacy.client
+    return strategy

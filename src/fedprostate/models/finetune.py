@@ -57,15 +57,20 @@ class Finetuned:
     trainable: list[str] = field(default_factory=list)
 
 
-def lora_target_regex(arch: str, mlp: bool = False) -> str:
-    """The exact (``re.fullmatch``) module-name regex peft receives for this backbone."""
+def lora_target_regex(arch: str, mlp: bool = False, attn: bool = True) -> str:
+    """The exact (``re.fullmatch``) module-name regex peft receives for this backbone.
+
+    ``attn``: the attention projections (qkv, proj); ``mlp``: the MLPs (fc1, fc2). MLP-only LoRA
+    (``attn=False``) is what DP-SGD on a Swin needs (see ``config.WINDOWED_ARCHS``).
+    """
     fam = family(arch)
     if fam == "resnet":
         return r"layer[1-4]\.\d+\.conv[123]"
-    names = "qkv|proj|fc1|fc2" if mlp else "qkv|proj"
+    if not (attn or mlp):
+        raise ValueError("LoRA needs attention or MLP targets")
     blocks = r"layers\.\d+\.blocks\.\d+" if fam == "swin" else r"blocks\.\d+"
-    sub = r"(attn|mlp)" if mlp else r"attn"
-    return rf"{blocks}\.{sub}\.({names})"
+    parts = ([r"attn\.(qkv|proj)"] if attn else []) + ([r"mlp\.(fc1|fc2)"] if mlp else [])
+    return rf"{blocks}\.({'|'.join(parts)})"
 
 
 def _keep_eval(module: nn.Module, args) -> None:
@@ -82,7 +87,7 @@ def _inject_lora(model: nn.Module, arch: str, spec: FinetuneConfig, seed: int) -
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
-        target_modules=lora_target_regex(arch, spec.lora_mlp),
+        target_modules=lora_target_regex(arch, spec.lora_mlp, spec.lora_attn),
         bias="none",
     )
     model = inject_adapter_in_model(config, model)

@@ -224,6 +224,7 @@ def export_run(
         "data_provenance": data_provenance(cache_meta),
         "run_kind": summary.get("kind", "federated"),
         "best_round": summary.get("best_round", summary.get("model_round")),
+        "privacy": summary.get("privacy"),  # the accountant's epsilon/delta, None without DP
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fedprostate.config import RunConfig
-from fedprostate.engine import setup
+from fedprostate.config import ConfigError, RunConfig
+from fedprostate.engine import privacy, setup
 from fedprostate.fl.simulation import simulate
 from fedprostate.runs.resume import ResumeRefusedError, check_resume
 
-__all__ = ["ResumeRefusedError", "RunFailedError", "federate", "finished_summary"]
+__all__ = ["ResumeRefusedError", "RunFailedError", "federate", "finished_summary", "preflight"]
 
 
 class RunFailedError(RuntimeError):
@@ -39,9 +39,42 @@ def federate(
         return {**done, "resume": "noop"}
     setup.check_run_data(cfg)
     setup.check_tracking(cfg)
+    cfg = setup.resolve_privacy(cfg)
+    preflight(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     simulate(cfg, len(setup.client_names(cfg)), verbose=verbose)
     return finished_summary(Path(cfg.out))
+
+
+def preflight(cfg: RunConfig) -> dict:
+    """Refuse before any process starts (ConfigError / PrivacyBudgetError, exit 2 at the
+    command): a federation smaller than ``fl.min_sites``, a privacy plan over budget. Returns
+    the privacy plan (empty without DP)."""
+    names = setup.client_names(cfg)
+    if cfg.fl.min_sites > len(names):
+        raise ConfigError(
+            f"fl.min_sites = {cfg.fl.min_sites} is larger than the federation "
+            f"({len(names)} site{'s' if len(names) != 1 else ''}: {', '.join(names)}): no round "
+            f"could aggregate; lower fl.min_sites (with fewer than 3 sites the server can "
+            "tell a site's update from the aggregate)"
+        )
+    if cfg.fl.secure_aggregation and len(names) < 3:
+        raise ConfigError(
+            f"fl.secure_aggregation = true needs at least 3 sites (this federation has "
+            f"{len(names)}): with two, the sum and one's own update reveal the other's"
+        )
+    p = cfg.privacy
+    count_std = p.clipped_count_stddev or len(names) / 20  # Flower's default: sites / 20
+    if p.client.endswith("-adaptive") and p.noise_multiplier >= 2 * count_std:
+        raise ConfigError(
+            f"privacy.clipped_count_stddev = {count_std:g} (0 = sites / 20) must exceed "
+            f"privacy.noise_multiplier / 2 = {p.noise_multiplier / 2:g}: adaptive clipping "
+            "spends part of the noise on the count of clipped updates (Andrew et al. 2021)"
+        )
+    if not p.enabled:
+        return {}
+    sizes = {n: len(setup.client_dataset(cfg, n, "train")) for n in names}
+    return privacy.check_plan(cfg, sizes)
 
 
 def finished_summary(run_dir: Path) -> dict:

@@ -83,6 +83,22 @@ def _ci(d: dict | None) -> str:
     return f"{d['estimate']:.3f} (95% CI {low:.3f}–{high:.3f})"
 
 
+def privacy_text(privacy: dict | None) -> str:
+    """One line of the accountant's guarantee (docs/readme/privacy.md), or "none"."""
+    if not privacy:
+        return "none (the training data's patients have no formal guarantee)"
+    levels = [
+        f"{level} level epsilon {privacy[level]['epsilon']:.3g}"
+        for level in ("client", "patient")
+        if level in privacy
+    ]
+    return (
+        f"{', '.join(levels)} at delta {privacy['delta']:.3g} ({privacy['accountant']} "
+        f"accountant, all {privacy['round']} rounds); per patient: epsilon "
+        f"{privacy['epsilon_patient_bound']:.3g}"
+    )
+
+
 def model_card(
     cfg: RunConfig, meta: dict, metrics: dict, data: dict, cache_meta: dict, picai=None
 ) -> str:
@@ -111,6 +127,7 @@ def model_card(
         "(fitted on the validation findings)",
         f"- bundle sha256 (bundle.json `bundle_sha256`: weights, threshold, preprocessing): "
         f"`{meta.get('bundle_sha256', '')}`",
+        f"- differential privacy: {privacy_text(meta.get('privacy'))}",
         "",
         "## Training data",
         f"- provenance: {PROVENANCE_TEXT[data_provenance(cache_meta)]}",

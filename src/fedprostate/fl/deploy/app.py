@@ -97,6 +97,11 @@ def deployment_config(
         raise ValueError(
             "a deployment is one SuperNode per hospital: data.partition must be natural"
         )
+    if cfg.fl.min_sites > n_sites:
+        raise ValueError(
+            f"fl.min_sites = {cfg.fl.min_sites} is larger than the federation ({n_sites} "
+            "sites): no round could aggregate; lower fl.min_sites"
+        )
     changes: dict = {
         "out": str(Path(out).resolve()),
         "resume": resume,
