@@ -31,12 +31,13 @@ from fedprostate.compress.spec import CodecSpec
 ARCHS = (
     "swin_tiny", "resnet50", "vit_small", "vit_base", "swin_test", "vit_test", "resnet_test",
     "resnet18", "mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "swin_mini",
-    "student_test",
+    "student_test", "vit_base_clip", "vit_clip_test",
 )  # fmt: skip
 METHODS = ("full", "linear", "adapter", "lora", "ffa-lora")
 PARTITIONS = ("natural", "iid", "dirichlet", "loso")
 STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox")
 THRESHOLD_RULES = ("youden", "sens90")
+SSL_METHODS = ("simmim", "simclr", "dino")  # self-supervised pre-training (models/ssl.py)
 SCHEDULES = ("constant", "cosine")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 # Where a finding comes from (data/study.py explains each). Headline metrics count what a reader
