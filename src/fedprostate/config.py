@@ -1,7 +1,8 @@
 """Typed run configuration: one frozen dataclass per group, TOML files and dotted overrides.
 
 A run is described by a TOML file with tables ``[data]``, ``[model]``, ``[finetune]``,
-``[train]``, ``[fl]``, ``[compress]``, ``[eval]`` and ``[distill]``. Every key can be overridden
+``[train]``, ``[fl]``, ``[compress]``, ``[eval]``, ``[distill]``, ``[track]`` and
+``[pretrain]`` (federated pre-training). Every key can be overridden
 on the command line as ``--set group.key=value`` and travels through Flower's run config as the
 same dotted key (``fl.rounds``), so the configuration is parsed once, in one place, into
 :class:`RunConfig`.
@@ -304,6 +305,27 @@ class TrackConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Federated self-supervised pre-training (``fedprostate pretrain --federated``).
+
+    pool: the unlabeled pool (``.safetensors`` from ``fedprostate data pool``), split by study
+    across ``sites`` sites (a hash of the study key and ``seed``: whole studies per site).
+    method: simmim | simclr | dino. weight_decay: AdamW's, for the local SSL steps.
+    Local work per round, learning rate, batch size and device are ``train.*``.
+    """
+
+    pool: str = ""
+    method: str = "dino"
+    sites: int = 4
+    weight_decay: float = 0.05
+
+    def __post_init__(self) -> None:
+        _choice("pretrain.method", self.method, SSL_METHODS)
+        _check("pretrain.sites", self.sites, self.sites >= 1, ">= 1")
+        _check("pretrain.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     out: str = ""  # run folder (absolute); set by the commands
@@ -318,6 +340,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def __post_init__(self) -> None:
         _check("keep_last", self.keep_last, self.keep_last >= 0, ">= 0 (0 = keep every round)")
