@@ -196,6 +196,27 @@ def evaluate_foundation(
     return report
 
 
+def compare_checkpoints(
+    ckpt_a: str | Path, ckpt_b: str | Path, cache: str | Path, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """Paired patient bootstrap of B − A for each probe (e.g. federated vs central pre-training
+    of the same architecture on the same pool)."""
+    rows = probe_rows(cache)
+    probes = []
+    for ckpt in (ckpt_a, ckpt_b):
+        arch, crop = check_same_crop(ckpt, checkpoint_meta(ckpt), cache)
+        backbone = create_backbone(arch, crop=crop)
+        init_from_foundation(backbone, ckpt, arch, crop)
+        probes.append(probe_backbone(backbone, cache, rows))
+    out = {}
+    for probe in ("linear", "knn"):
+        cmp = compare_models(probes[0][probe]["test_rows"], probes[1][probe]["test_rows"],
+                             n_boot=n_boot, seed=seed)  # fmt: skip
+        out[probe] = {k: cmp["bootstrap"][k] for k in ("auroc_a", "auroc_b", "delta", "low",
+                                                       "high", "p_value")}  # fmt: skip
+    return out
+
+
 def _summary(probe: dict, n_boot: int, seed: int) -> dict:
     ci = auroc_ci(probe["test_rows"], n_boot=n_boot, seed=seed)
     return {
