@@ -68,7 +68,7 @@ def test_unknown_backbone_and_unreadable_inputs_are_one_line(tmp_path):
 def test_a_validation_split_of_one_class_is_refused_before_training(tmp_path):
     cache = write_tiny_cache(tmp_path / "cache", sites=("siteA",))
     index = cache / "index.csv"
-    lines = index.read_text().splitlines()
+    lines = index.read_text(encoding="utf-8").splitlines()
     header = lines[0].split(",")
     split, label = header.index("split"), header.index("label")
     rows = [line.split(",") for line in lines[1:]]
@@ -144,11 +144,10 @@ def test_preflight_prints_the_sha256sum_of_the_file_and_labels_the_backbone_hash
     )
     assert result.exit_code == 0, result.output
     file_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert f"file sha256 (what `sha256sum foundation.safetensors` prints): {file_sha}" in (
-        result.output
-    )
-    backbone = next(line for line in result.output.splitlines() if "consortium hash" in line)
-    assert backbone.strip().startswith("backbone weights sha256") and meta["sha256"] in backbone
+    # exactly the line `sha256sum FILE` prints, so IT can compare them by eye or with diff
+    assert f"    {file_sha}  {ckpt}" in result.output.splitlines()
+    backbone = next(line for line in result.output.splitlines() if "backbone sha256" in line)
+    assert "of the loaded weights" in backbone and meta["sha256"] in backbone
     assert file_sha != meta["sha256"]  # why the two must never be confused
 
 

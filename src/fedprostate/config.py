@@ -36,7 +36,12 @@ ARCHS = (
 )  # fmt: skip
 METHODS = ("full", "linear", "adapter", "lora", "ffa-lora")
 PARTITIONS = ("natural", "iid", "dirichlet", "loso")
-STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox")
+STRATEGIES = (
+    "fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox",
+    "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
+)  # fmt: skip
+# Robust aggregators that assume up to ``fl.num_malicious`` Byzantine sites.
+BYZANTINE_STRATEGIES = ("krum", "multikrum", "bulyan")
 THRESHOLD_RULES = ("youden", "sens90")
 SSL_METHODS = ("simmim", "simclr", "dino")  # self-supervised pre-training (models/ssl.py)
 SCHEDULES = ("constant", "cosine")
@@ -174,12 +179,14 @@ class TrainConfig:
     sampled_weight: float = 1.0
     schedule: str = "constant"  # learning rate over rounds: constant | cosine (after warm-up)
     warmup_rounds: int = 0  # linear warm-up of the learning rate over the first rounds
+    grad_clip: float = 1.0  # clip the gradient's global norm to this (0 = off)
 
     def __post_init__(self) -> None:
         _check("train.lr", self.lr, self.lr > 0, "> 0")
         _check("train.sampled_weight", self.sampled_weight, 0 <= self.sampled_weight <= 1, "[0, 1]")
         _choice("train.schedule", self.schedule, SCHEDULES)
         _check("train.warmup_rounds", self.warmup_rounds, self.warmup_rounds >= 0, ">= 0")
+        _check("train.grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0 (0 = off)")
         _check("train.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _check("train.epochs", self.epochs, self.epochs >= 0, ">= 0")
         _check("train.steps", self.steps, self.steps >= 0, ">= 0")
@@ -196,12 +203,30 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FLConfig:
-    strategy: str = "fedadam"  # fedavg | fedadam | fedyogi | fedadagrad | fedprox
+    """Federation settings.
+
+    strategy: a Flower strategy (``STRATEGIES``); fedmedian, fedtrimmedavg, krum, multikrum and
+    bulyan are Flower's robust aggregators. clip_norm > 0 clips every site's update (reply minus
+    the broadcast model) to that L2 norm before any strategy aggregates it. trim_beta: fraction
+    cut at each end by fedtrimmedavg. num_malicious: sites Krum/Multi-Krum/Bulyan assume may be
+    Byzantine (Bulyan needs at least 4 * num_malicious + 3 replies). krum_select: updates
+    Multi-Krum averages (0 = replies - num_malicious). min_available_nodes: connected nodes a
+    round needs (waited for at most round_timeout, then the round is skipped), never forced to
+    the number of sites. sites: the coordinator's site registry (node id -> site and registered
+    split sizes, written at registration), "" in simulation.
+    """
+
+    strategy: str = "fedadam"
     rounds: int = 10
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0  # federated evaluation on each site's val split
     min_train_nodes: int = 2
     min_available_nodes: int = 2
+    clip_norm: float = 0.0  # L2 norm bound of each site's update (0 = off)
+    trim_beta: float = 0.2
+    num_malicious: int = 0
+    krum_select: int = 0
+    sites: str = ""
     server_lr: float = 1e-2  # eta of FedAdam/FedYogi/FedAdagrad
     tau: float = 1e-3  # adaptivity of FedOpt (explicit, see Reddi et al. 2020)
     beta_1: float = 0.9
@@ -238,6 +263,28 @@ class FLConfig:
         _check("fl.eval_every", self.eval_every, self.eval_every >= 1, ">= 1")
         _check("fl.client_cpus", self.client_cpus, self.client_cpus > 0, "> 0")
         _check("fl.patience", self.patience, self.patience >= 0, ">= 0 (0 = off)")
+        _check("fl.clip_norm", self.clip_norm, self.clip_norm >= 0, ">= 0 (0 = off)")
+        _check("fl.trim_beta", self.trim_beta, 0 < self.trim_beta < 0.5, "(0, 0.5)")
+        _check("fl.num_malicious", self.num_malicious, self.num_malicious >= 0, ">= 0")
+        _check("fl.krum_select", self.krum_select, self.krum_select >= 0, ">= 0 (0 = n - f)")
+        if self.num_malicious and self.strategy not in BYZANTINE_STRATEGIES:
+            raise ConfigError(
+                f"fl.num_malicious = {self.num_malicious} set but fl.strategy = "
+                f"{self.strategy!r} does not use it; it belongs to "
+                f"{', '.join(BYZANTINE_STRATEGIES)}"
+            )
+        if self.krum_select and self.strategy != "multikrum":
+            raise ConfigError(
+                f"fl.krum_select = {self.krum_select} set but fl.strategy = "
+                f"{self.strategy!r}; it belongs to multikrum"
+            )
+
+    def min_replies(self) -> int:
+        """Fewest usable replies the strategy can aggregate (Krum: 2f + 3, Bulyan: 4f + 3)."""
+        f = self.num_malicious
+        return {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(
+            self.strategy, 1
+        )
 
 
 @dataclass(frozen=True)

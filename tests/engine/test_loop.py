@@ -150,3 +150,16 @@ def test_a_run_starts_from_the_initial_weights_even_after_the_cached_model_was_l
     fresh = setup.build_model(cfg, fresh=True)
     for k, v in fresh.initial_communicated.items():
         np.testing.assert_array_equal(v, start[k])
+
+
+def test_gradients_are_clipped_to_the_configured_global_norm(tiny):
+    cfg, ds = tiny
+
+    def last_grad_norm(clip):
+        model = setup.build_model(cfg, fresh=True).ft.model
+        train_local(model, ds, TrainConfig(steps=1, batch_size=8, lr=1e-2, grad_clip=clip), seed=4)
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+    assert last_grad_norm(0.0) > 1e-3  # unclipped: the raw gradient
+    assert last_grad_norm(1e-4) <= 1e-4 * 1.001

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from fedprostate.cli import app
 from fedprostate.fl.deploy.certs import (
+    KeyFileError,
     certificate_expiry,
     make_node_keys,
     make_server_certificates,
@@ -108,11 +109,78 @@ def test_site_preflight_checks_data_and_hash_and_prints_the_command(tmp_path):
         and "test 8" in ok.output
     )
     assert "rejected studies: 1" in ok.output and "ADC missing" in ok.output
-    assert "matches the consortium's expected SHA-256" in ok.output
+    assert "matches the consortium's expected SHA-256 (backbone hash)" in ok.output
+    assert "backbone sha256 (of the loaded weights; what the server checks)" in ok.output
     command = next(line for line in ok.output.splitlines() if "flower-supernode" in line)
     assert "--root-certificates ca.pem" in command
     assert "--auth-supernode-private-key supernode_key" in command
     assert 'site="siteA"' in command and str(cache.resolve()) in command
     bad = runner.invoke(app, [*args, "--expected-sha256", "0" * 64])
     assert bad.exit_code == 1
-    assert "differs from the consortium's" in bad.output
+    assert "is the consortium's" in bad.output
+
+
+def test_private_keys_are_owner_only_even_if_the_file_existed(tmp_path):
+    """Finding 6: private-key files kept an older 0644 mode."""
+    (tmp_path / "server").mkdir()
+    (tmp_path / "keys").mkdir()
+    for path in (tmp_path / "server" / "server.key", tmp_path / "keys" / "siteA"):
+        path.write_text("old", encoding="utf-8")
+        path.chmod(0o644)
+    certs = make_server_certificates(tmp_path)
+    keys = make_node_keys(tmp_path / "keys", "siteA")
+    for path in (certs.server_key, certs.ca_key, keys.private_key):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert b"PRIVATE KEY" in certs.server_key.read_bytes()
+
+
+def test_private_keys_are_never_written_through_a_symlink(tmp_path):
+    """Finding 6: private-key files followed symlinks."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not touch", encoding="utf-8")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "siteA").symlink_to(victim)
+    with pytest.raises(KeyFileError, match="symlink"):
+        make_node_keys(tmp_path / "keys", "siteA")
+    assert victim.read_text(encoding="utf-8") == "do not touch"
+
+
+def test_the_ca_key_is_not_beside_the_server_key_and_survives_restarts(tmp_path):
+    """Finding 6: ca.key was written beside server.key and deploy-local made a new CA per start."""
+    first = make_server_certificates(tmp_path)
+    assert first.ca_key.parent != first.server_key.parent
+    assert not (first.server_key.parent / "ca.key").exists()
+    ca, ca_key = first.ca_cert.read_bytes(), first.ca_key.read_bytes()
+    again = make_server_certificates(tmp_path)  # a restart
+    assert again.ca_cert.read_bytes() == ca and again.ca_key.read_bytes() == ca_key
+    _load(again.server_cert).verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    from fedprostate.fl.deploy.deployment import LocalDeployment
+
+    one = LocalDeployment(tmp_path / "dep", echo=lambda line: None)
+    ca, signing = one.certs.ca_cert.read_bytes(), one.signing_key.read_bytes()
+    two = LocalDeployment(tmp_path / "dep", echo=lambda line: None)
+    assert two.certs.ca_cert.read_bytes() == ca
+    assert two.signing_key.read_bytes() == signing  # the consortium key too
+
+
+def test_preflight_never_trusts_the_hash_a_checkpoint_states_about_itself(tmp_path):
+    """Finding 6: `site preflight` accepted the checkpoint's own stated hash (a 3-zero file
+    "matched")."""
+    ckpt = tmp_path / "fake.safetensors"
+    ckpt.write_bytes(b"000")
+    ckpt.with_suffix(".json").write_text('{"sha256": "' + "0" * 64 + '"}', encoding="utf-8")
+    from fl_fixtures import write_tiny_cache
+
+    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA",))
+    args = ["site", "preflight", "--data", str(cache), "--foundation", str(ckpt)]
+    bad = CliRunner().invoke(app, [*args, "--expected-sha256", "0" * 64])
+    assert bad.exit_code == 1, bad.output
+    assert "matches" not in bad.output
+    import hashlib
+
+    real = hashlib.sha256(b"000").hexdigest()
+    assert f"{real}  {ckpt}" in bad.output  # sha256sum format
+    ok = CliRunner().invoke(app, [*args, "--expected-sha256", real])
+    assert (
+        ok.exit_code == 0 and "matches the consortium's expected SHA-256 (file hash)" in ok.output
+    )

@@ -1,9 +1,12 @@
-"""Faults in a real deployment (3 sites, TLS + auth): a SuperNode killed mid-round, a SuperLink
-killed mid-run. One deployment serves both checks (each ClientApp start imports torch: slow)."""
+"""Faults in a real deployment (3 sites, TLS + auth behind the nginx front, signed app): a
+SuperNode killed mid-round, a SuperLink killed mid-run. One deployment serves both checks (each
+ClientApp start imports torch: slow)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +15,13 @@ import pytest
 from fedprostate.fl.deploy.deployment import LocalDeployment, deployment_config
 from fl_fixtures import tiny_config, write_tiny_cache
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")),
+        reason="nginx not installed (.ci/run installs it: apt-get install -y nginx)",
+    ),
+]
 
 SITES = ("siteA", "siteB", "siteC")
 
@@ -41,13 +50,14 @@ def test_node_killed_mid_round_and_superlink_killed_mid_run(tmp_path):
         cache,
         **{"fl.rounds": 3, "fl.fraction_evaluate": 0.0, "fl.round_timeout": 60.0},
     )
-    cfg = deployment_config(cfg, out, n_sites=3).replace(
-        **{"fl.min_available_nodes": 2, "fl.min_train_nodes": 2}
-    )
-    with LocalDeployment(tmp_path / "deployment", echo=lambda line: None) as dep:
-        dep.start_superlink()
+    root = tmp_path / "deployment"
+    # fl.min_available_nodes keeps its default (2): never forced to the number of sites (3).
+    cfg = deployment_config(cfg, out, n_sites=3, sites_file=root / "sites.json")
+    assert cfg.fl.min_available_nodes == 2
+    with LocalDeployment(root, echo=lambda line: None) as dep:
+        dep.start()
         for site in SITES:
-            dep.register(site)
+            dep.register(site, train=12, val=4)
             dep.start_supernode(site, cache)
         for site in SITES:
             dep.wait_connected(site)

@@ -40,7 +40,19 @@ def _tensors(value: float) -> dict[str, np.ndarray]:
     return {k: np.full(s, value, np.float32) for k, s in SHAPES.items()}
 
 
-def _reply(node: int, site: str, tensors: dict, n: int = 10, codec: str = "fp32") -> Message:
+def train_metrics(n=10, **extra) -> dict:
+    """What a real site's training reply carries (fl.client.train_round)."""
+    return {"num-examples": n, "train-loss": 0.5, "val-auroc": 0.7, "val-n": 4, "steps": 2, **extra}
+
+
+def _reply(
+    node: int,
+    site: str,
+    tensors: dict,
+    n: int = 10,
+    codec: str = "fp32",
+    metrics: dict | None = None,
+) -> Message:
     sent = Message(
         RecordDict({"config": ConfigRecord({"server-round": 1})}),
         dst_node_id=node,
@@ -49,7 +61,7 @@ def _reply(node: int, site: str, tensors: dict, n: int = 10, codec: str = "fp32"
     content = RecordDict(
         {
             "arrays": wire.to_record(tensors),
-            "metrics": MetricRecord({"num-examples": n, "train-loss": 0.5}),
+            "metrics": MetricRecord(train_metrics(n) if metrics is None else metrics),
             REPORT_KEY: ConfigRecord({"site": site, "codec": codec}),
         }
     )

@@ -167,3 +167,40 @@ def test_student_backbones_build_at_small_crops(name):
     assert input_conv_key(name) in model.state_dict()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+
+
+def _values(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _values(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _values(v)
+    else:
+        yield node
+
+
+def test_bundle_hash_covers_threshold_and_preprocessing_and_no_absolute_paths(lora, tmp_path):
+    """Finding 6: bundles were checked only against a hash in the same folder that covered the
+    weights alone; bundle.json carried the run's absolute path."""
+    run, bundle, _ = lora
+    meta = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    strings = [v for v in _values(meta) if isinstance(v, str)]
+    assert not [v for v in strings if v.startswith("/") or str(run.parent) in v]
+    assert meta["source_run"] == run.name
+    assert meta["onnx"]["sha256"] and meta["bundle_sha256"]
+    load_bundle(bundle, expected_sha256=meta["bundle_sha256"])  # the published hash
+    with pytest.raises(BundleError, match="is not the expected"):
+        load_bundle(bundle, expected_sha256="0" * 64)
+    for edit in (
+        lambda m: m.update(threshold=0.01),
+        lambda m: m["preprocessing"].update(clip=[-100.0, 100.0]),
+    ):
+        copy = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        copy.mkdir()
+        (copy / "model.safetensors").write_bytes((bundle / "model.safetensors").read_bytes())
+        edited = json.loads(json.dumps(meta))
+        edit(edited)
+        (copy / "bundle.json").write_text(json.dumps(edited), encoding="utf-8")
+        with pytest.raises(BundleError, match="bundle_sha256"):
+            load_bundle(copy)

@@ -37,6 +37,9 @@ def export(
         return
     con = console()
     con.print(f"bundle written to {out}: {meta['arch']}, threshold {meta['threshold']:.4f}")
+    con.print(
+        f"bundle sha256 (publish it; check with predict --expected-sha256): {meta['bundle_sha256']}"
+    )
     if "onnx" in meta:
         diff = meta["onnx"]["parity_max_abs_logit_diff_vs_unmerged"]
         con.print(f"ONNX parity vs unmerged model: max |Δlogit| = {diff:.2e}")
@@ -59,6 +62,9 @@ def predict(
         help="Also write OUT/detection_maps/ + OUT/labels/ (.nii.gz) for picai_eval.",
     ),
     as_json: bool = JSON_OPT,
+    expected_sha256: str = typer.Option(
+        "", "--expected-sha256", help="The bundle hash the consortium published (bundle_sha256)."
+    ),
 ) -> None:
     """Per-finding csPCa probabilities for a new study (research only, not for clinical use).
 
@@ -72,7 +78,10 @@ def predict(
     if detection_maps and out is None:
         fail("--detection-maps needs --out FOLDER")
     try:
-        result = run_predict(model, study, findings, out, patient, detection_maps=detection_maps)
+        result = run_predict(
+            model, study, findings, out, patient,
+            detection_maps=detection_maps, expected_sha256=expected_sha256,
+        )  # fmt: skip
     except (StudyError, DataFormatError, BundleError, OSError) as exc:
         _fail(exc)
     err = console(stderr=True)

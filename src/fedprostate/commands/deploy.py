@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from fedprostate.cli_app import app, site_app
+from fedprostate.cli_app import app, fail, site_app
 
 
 @app.command("deploy-local")
@@ -29,33 +29,63 @@ def deploy_local_command(
     config: Path | None = typer.Option(None, "--config", help="Run configuration TOML."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: key=value."),
     resume: bool = typer.Option(False, "--resume", help="Continue after the last saved round."),
+    force: bool = typer.Option(
+        False, "--force", help="With --resume: accept a configuration that differs from the run's."
+    ),
+    signing_key: Path | None = typer.Option(
+        None,
+        "--signing-key",
+        help="Sign the app with this OpenSSH Ed25519 key instead of the consortium's "
+        "(SuperNodes trust only the consortium's: another key is refused).",
+    ),
 ) -> None:
-    """Start a SuperLink and one SuperNode per site on 127.0.0.1 with TLS and SuperNode
-    authentication, run the federated fine-tuning with `flwr run`, stop everything."""
+    """Start a SuperLink (loopback), its nginx front (Fleet API only) and one SuperNode per site
+    on 127.0.0.1 with TLS, SuperNode authentication and a consortium-signed app; run the
+    federated fine-tuning with `flwr run`, stop everything."""
     from fedprostate.config import RunConfig
-    from fedprostate.data.cache import load_index
-    from fedprostate.fl.deploy.deployment import deploy_local
+    from fedprostate.fl.deploy.deployment import deploy_local, deployment_config
+    from fedprostate.fl.deploy.proxy import ProxyUnavailableError
+    from fedprostate.runs.federated import RunFailedError, finished_summary
+    from fedprostate.runs.resume import ResumeRefusedError, check_resume
 
-    cfg = RunConfig.load(config, overrides)
-    if rounds is not None:
-        cfg = cfg.replace(**{"fl.rounds": rounds})
+    try:
+        cfg = RunConfig.load(config, overrides)
+        if rounds is not None:
+            cfg = cfg.replace(**{"fl.rounds": rounds})
+    except (ValueError, OSError) as exc:
+        fail(f"configuration: {exc}")
+    if not (cache / "index.csv").exists():
+        fail(f"{cache}: not a crop cache (no index.csv) (--cache)")
+    counts, _ = describe_cache(cache)
+    names = sorted(counts)
+    if sites > len(names):
+        fail(f"{cache} holds {len(names)} sites ({', '.join(names)}), not {sites} (--sites)")
+    chosen = {n: {"train": counts[n]["train"], "val": counts[n]["val"]} for n in names[:sites]}
     if resume:
         cfg = cfg.replace(resume=True)
-    if not (cache / "index.csv").exists():
-        raise typer.BadParameter(f"{cache}: not a crop cache (no index.csv)", param_hint="--data")
-    names = sorted({r["site"] for r in load_index(cache)})
-    if sites > len(names):
-        raise typer.BadParameter(
-            f"{cache} holds {len(names)} sites ({', '.join(names)}), not {sites}",
-            param_hint="--sites",
-        )
+        root = out.resolve() / "deployment"
+        planned = deployment_config(cfg, out, sites, True, sites_file=root / "sites.json")
+        try:
+            done = check_resume(out, planned, force)
+        except ResumeRefusedError as exc:
+            fail(exc)
+        if done is not None:
+            typer.echo(f"run {out} already finished {done['rounds']} rounds: nothing to do")
+            typer.echo(json.dumps(done, indent=2))
+            return
     # SIGTERM (e.g. from a job scheduler) ends the run like Ctrl-C: every process is stopped.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        summary = deploy_local(cfg, cache, names[:sites], out, echo=typer.echo)
+        summary = deploy_local(cfg, cache, chosen, out, echo=typer.echo, signing_key=signing_key)
+        finished_summary(out)
     except KeyboardInterrupt:
         typer.echo("interrupted: every SuperLink/SuperNode process was stopped", err=True)
         raise typer.Exit(130) from None
+    except ProxyUnavailableError as exc:
+        fail(exc)
+    except RunFailedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     typer.echo(json.dumps(summary, indent=2))
@@ -118,7 +148,13 @@ def foundation_hashes(ckpt: Path) -> dict:
 
 
 def supernode_command(
-    site: str, data: Path, superlink: str, key: Path, root_certificates: Path, state_dir: Path
+    site: str,
+    data: Path,
+    superlink: str,
+    key: Path,
+    root_certificates: Path,
+    state_dir: Path,
+    trusted_entities: Path = Path("trusted_entities.yaml"),
 ) -> str:
     node_config = f'site="{site}" cache="{data.resolve()}" state-dir="{state_dir.resolve()}"'
     parts = [
@@ -127,6 +163,7 @@ def supernode_command(
         "--superlink", superlink,
         "--root-certificates", str(root_certificates),
         "--auth-supernode-private-key", str(key),
+        "--trusted-entities", str(trusted_entities),
         "--node-config", node_config,
     ]  # fmt: skip
     return " ".join(shlex.quote(p) if i > 1 else p for i, p in enumerate(parts))
@@ -150,6 +187,11 @@ def preflight_command(
         Path("ca.pem"), "--root-certificates", help="The consortium's CA certificate."
     ),
     state_dir: Path = typer.Option(Path("fedprostate_state"), "--state-dir"),
+    trusted_entities: Path = typer.Option(
+        Path("trusted_entities.yaml"),
+        "--trusted-entities",
+        help="The consortium's app-signing public key(s), Flower's --trusted-entities YAML.",
+    ),
 ) -> None:
     """Check this hospital's data and foundation checkpoint; print the SuperNode command."""
     if not data.exists():
@@ -170,16 +212,23 @@ def preflight_command(
     if not ok:
         typer.echo("FAIL: no usable data", err=True)
 
-    hashes = foundation_hashes(foundation)
+    try:
+        hashes = foundation_hashes(foundation)
+    except Exception as exc:  # any unreadable checkpoint: one clear line, no traceback
+        hashes = {"file": hashlib.sha256(foundation.read_bytes()).hexdigest()}
+        typer.echo(f"FAIL: {foundation}: cannot load the backbone ({exc})", err=True)
+        ok = False
     typer.echo(f"foundation: {foundation}")
-    typer.echo(f"  file sha256 (what `sha256sum {foundation.name}` prints): {hashes['file']}")
+    typer.echo("  file sha256 (sha256sum format; compare with `sha256sum FILE`):")
+    typer.echo(f"    {hashes['file']}  {foundation}")
     if hashes.get("backbone"):
         typer.echo(
-            f"  backbone weights sha256 (the consortium hash, model.foundation_sha256): "
-            f"{hashes['backbone']}"
+            f"  backbone sha256 (of the loaded weights; what the server checks): {hashes['backbone']}"
         )
     if hashes.get("metadata"):
-        typer.echo(f"  backbone weights sha256 stated in the checkpoint: {hashes['metadata']}")
+        typer.echo(
+            f"  stated by the checkpoint's own metadata (never trusted): {hashes['metadata']}"
+        )
     if (
         hashes.get("metadata")
         and hashes.get("backbone")
@@ -188,13 +237,16 @@ def preflight_command(
         typer.echo("FAIL: the checkpoint's weights do not match its metadata (corrupt?)", err=True)
         ok = False
     if expected_sha256:
-        matches = expected_sha256.lower() in {v for v in hashes.values() if isinstance(v, str)}
-        if matches:
-            typer.echo("  matches the consortium's expected SHA-256")
+        # Only hashes computed here count: a checkpoint can state any hash about itself.
+        computed = {k: hashes[k] for k in ("file", "backbone") if hashes.get(k)}
+        matched = [k for k, v in computed.items() if v == expected_sha256.lower()]
+        if matched:
+            typer.echo(f"  matches the consortium's expected SHA-256 ({matched[0]} hash)")
         else:
             typer.echo(
-                f"FAIL: foundation SHA-256 differs from the consortium's {expected_sha256}: "
-                "LoRA updates on another backbone are meaningless; get the consortium's checkpoint",
+                f"FAIL: neither the file's nor the backbone's SHA-256 is the consortium's "
+                f"{expected_sha256}: LoRA updates on another backbone are meaningless; get the "
+                "consortium's checkpoint",
                 err=True,
             )
             ok = False
@@ -203,7 +255,143 @@ def preflight_command(
 
     names = sorted(counts)
     site_name = site or (names[0] if len(names) == 1 else "SITE_NAME")
-    typer.echo("\nTo join, send your public key (supernode_key.pub) to the coordinator, then run:")
-    typer.echo(supernode_command(site_name, data, superlink, key, root_certificates, state_dir))
+    sizes = counts.get(site_name, {})
+    typer.echo(
+        f"\nTo join, send the coordinator your public key ({key}.pub) and your registered "
+        f"sizes: site {site_name}, train {sizes.get('train', 0)}, val {sizes.get('val', 0)}"
+    )
+    typer.echo("(the server caps every reply's num-examples at them). Then run:")
+    typer.echo(
+        supernode_command(
+            site_name, data, superlink, key, root_certificates, state_dir, trusted_entities
+        )
+    )
     if not ok:
         raise typer.Exit(1)
+
+
+# ---- the coordinator's side ---------------------------------------------------------------
+
+coordinator_app = typer.Typer(
+    help="Commands the coordinator runs: register hospitals, sign and serve the app, the proxy.",
+    no_args_is_help=True,
+)
+app.add_typer(coordinator_app, name="coordinator")
+
+
+@coordinator_app.command("register")
+def register_command(
+    key: Path = typer.Option(..., "--key", help="The hospital's SuperNode public key (.pub)."),
+    site: str = typer.Option(..., "--site", help="The hospital's site name."),
+    train: int = typer.Option(..., "--train", min=1, help="Its preflight training-set size."),
+    val: int = typer.Option(..., "--val", min=0, help="Its preflight validation-set size."),
+    registry: Path = typer.Option(
+        Path("sites.json"), "--registry", help="Site registry (fl.sites)."
+    ),
+    audit: Path = typer.Option(Path("audit.jsonl"), "--audit", help="The coordinator's audit log."),
+    connection: str = typer.Option("", "--connection", help="flwr SuperLink connection name."),
+) -> None:
+    """`flwr supernode register KEY` on this (loopback) SuperLink, then the node id, the site
+    and its sizes into the registry the ServerApp trusts (run with --set fl.sites=REGISTRY)."""
+    import subprocess
+
+    from fedprostate.fl.deploy.registration import register_node
+    from fedprostate.fl.registry import RegistryError
+    from fedprostate.records.audit import AuditLog
+
+    if not key.is_file():
+        fail(f"{key}: no such public key (--key)")
+
+    def flwr(args: list[str]) -> str:
+        done = subprocess.run(
+            ["flwr", *args],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)}: {done.stdout} {done.stderr}")
+        return done.stdout
+
+    try:
+        node = register_node(flwr, key, site, train, val, registry, AuditLog(audit), connection)
+    except (RuntimeError, RegistryError, OSError) as exc:
+        fail(exc)
+    typer.echo(f"registered {site} as node {node} in {registry}")
+
+
+@coordinator_app.command("sign-app")
+def sign_app_command(
+    app_dir: Path = typer.Option(Path("."), "--app", help="The Flower app folder (pyproject)."),
+    key: Path = typer.Option(..., "--key", help="The consortium's OpenSSH Ed25519 private key."),
+    out: Path = typer.Option(Path("signed_apps"), "--out", help="Signed-app store folder."),
+    key_id: str = typer.Option("fedprostate-consortium", "--key-id", help="Its trusted-entity id."),
+) -> None:
+    """Build the app's FAB and sign it (Flower's format) into the store `serve-apps` serves."""
+    from fedprostate.fl.deploy.signing import SigningError, sign_app
+
+    if not (app_dir / "pyproject.toml").is_file():
+        fail(f"{app_dir}: no pyproject.toml (--app)")
+    try:
+        signed = sign_app(app_dir, key, out, key_id)
+    except SigningError as exc:
+        fail(exc)
+    typer.echo(f"signed {signed.spec}: FAB sha256 {signed.fab_sha256} ({signed.fab})")
+    typer.echo(f"run it with: flwr run {signed.spec} <connection> --run-config run_config.toml")
+
+
+@coordinator_app.command("serve-apps")
+def serve_apps_command(
+    store: Path = typer.Option(Path("signed_apps"), "--dir", help="Signed-app store folder."),
+    port: int = typer.Option(8765, "--port", help="Loopback port (FLWR_SUPERGRID_API_URL)."),
+) -> None:
+    """Serve signed apps to the SuperLink with Flower's Hub protocol, until Ctrl-C. Start the
+    SuperLink with FLWR_SUPERGRID_API_URL=http://127.0.0.1:PORT/v1."""
+    import time
+
+    from fedprostate.fl.deploy.signing import AppRegistry
+
+    if not store.is_dir():
+        fail(f"{store}: no such folder (--dir)")
+    registry = AppRegistry(store, port=port).start()
+    typer.echo(f"serving {store} at {registry.api_url} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        registry.stop()
+
+
+@coordinator_app.command("proxy-config")
+def proxy_config_command(
+    listen: str = typer.Option("0.0.0.0:443", "--listen", help="Public host:port for hospitals."),
+    superlink_port: int = typer.Option(..., "--superlink-port", help="SuperLink's loopback port."),
+    cert: Path = typer.Option(..., "--cert", help="Server certificate (server.pem)."),
+    key: Path = typer.Option(..., "--key", help="Server private key (server.key)."),
+    ca: Path = typer.Option(..., "--ca", help="Consortium CA certificate (ca.pem)."),
+    prefix: Path = typer.Option(..., "--prefix", help="nginx prefix folder (logs, pid, conf)."),
+) -> None:
+    """Write the nginx front (only Fleet API routes pass) and print how to start it."""
+    from fedprostate.fl.deploy.proxy import nginx_config
+
+    for path in (cert, key, ca):
+        if not path.is_file():
+            fail(f"{path}: not found")
+    prefix = prefix.resolve()
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        nginx_config(
+            prefix,
+            listen,
+            f"127.0.0.1:{superlink_port}",
+            cert.resolve(),
+            key.resolve(),
+            ca.resolve(),
+        ),
+        encoding="utf-8",
+    )
+    typer.echo(f"wrote {conf}; start it with: nginx -p {prefix} -c {conf}")

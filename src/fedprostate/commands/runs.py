@@ -88,8 +88,13 @@ def _run(kind: str, cfg: RunConfig, out: Path, seeds: str | None, as_json: bool,
 
     if seeds:
         _show_seeds(run_seeds(kind, cfg, parse_seeds(seeds), out), out, as_json)
-    else:
-        _show(RUNNERS[kind](cfg, out, **kwargs), out, as_json)
+        return
+    summary = RUNNERS[kind](cfg, out, **kwargs)
+    if summary.get("resume") == "noop" and not as_json:
+        console().print(
+            f"run {out} already finished {summary['rounds']} rounds: nothing to do", soft_wrap=True
+        )
+    _show(summary, out, as_json)
 
 
 @app.command()
@@ -103,11 +108,14 @@ def federate(
         None, "--keep-last", min=0, help="Keep the newest N round checkpoints + the best (0 = all)."
     ),
     seeds: str = SEEDS_OPT,
+    force: bool = typer.Option(
+        False, "--force", help="With --resume: accept a configuration that differs from the run's."
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's debug log."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Federated fine-tuning in a Flower simulation (one SuperNode per client)."""
-    from fedprostate.runs.federated import RunFailedError
+    from fedprostate.runs.federated import ResumeRefusedError, RunFailedError
 
     extra = [*(overrides or []), *([f"keep_last={keep_last}"] if keep_last is not None else [])]
     if resume is not None:
@@ -120,7 +128,12 @@ def federate(
     else:
         cfg = _load(config, extra, data)
     try:
-        _run("federated", cfg, out, seeds, as_json, resume=resume is not None, verbose=verbose)
+        _run(
+            "federated", cfg, out, seeds, as_json,
+            resume=resume is not None, verbose=verbose, force=force,
+        )  # fmt: skip
+    except ResumeRefusedError as exc:
+        fail(exc)
     except RunFailedError as exc:
         console(stderr=True).print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None

@@ -195,6 +195,8 @@ def train_local(
                 loss = loss + 0.5 * cfg.prox_mu * prox
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
             optimizer.step()
             value = float(loss.detach())
             if not math.isfinite(value):

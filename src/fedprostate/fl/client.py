@@ -21,6 +21,7 @@ from fedprostate.compress.error_feedback import ErrorFeedback
 from fedprostate.config import RunConfig, parse_codec
 from fedprostate.engine import setup
 from fedprostate.engine.loop import lr_scale, score_dataset, train_local
+from fedprostate.records.audit import AUDIT_FILE, AuditLog
 
 log = logging.getLogger("fedprostate.site")
 
@@ -56,6 +57,33 @@ def site_context(cfg: RunConfig, node_config: dict, run_dir: str) -> SiteContext
         uplink = str(cfg.compress.uplink_of(name))
     base = node_config.get("state-dir") or (Path(run_dir) / "client_state" if run_dir else None)
     return SiteContext(name=name, state_dir=Path(base) / name if base else None, uplink=uplink)
+
+
+def audit_sent(site: SiteContext, msg, phase: str, content=None, error: str = "") -> None:
+    """The site's own record of what leaves it: tensor names and bytes, metrics, error text."""
+    if site.state_dir is None:
+        return
+    fields: dict = {
+        "site": site.name,
+        "phase": phase,
+        "run_id": int(msg.metadata.run_id),
+        "round": int(msg.content["config"].get("server-round", -1)),
+    }
+    if error:
+        fields["error"] = error
+    if content is not None:
+        tensors = {
+            name: int(arr.numpy().nbytes)
+            for record in content.array_records.values()
+            for name, arr in record.items()
+        }
+        fields["tensors"] = tensors
+        fields["bytes"] = sum(rec.count_bytes() for rec in content.array_records.values())
+        fields["metrics"] = {
+            k: v for rec in content.metric_records.values() for k, v in rec.items()
+        }
+        fields["codec"] = site.uplink if tensors else None
+    AuditLog(site.state_dir / AUDIT_FILE).append("reply_sent", **fields)
 
 
 def _state_file(site: SiteContext, kind: str, server_round: int) -> Path | None:

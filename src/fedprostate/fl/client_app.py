@@ -2,7 +2,9 @@
 
 Errors sent to the server carry no patient/study identifiers or file paths: the full error stays
 in the site's local log, the server gets the exception type and the site name only — unless the
-error is a ``PublicError`` written to be shared (e.g. a foundation hash mismatch).
+error is a ``PublicError`` written to be shared (e.g. a foundation hash mismatch). Everything that
+leaves (tensor names and bytes, metrics, error text) is first appended to the site's own audit
+log (``<state-dir>/<site>/audit.jsonl``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedprostate.fl import wire
-from fedprostate.fl.client import PublicError, evaluate_round, site_context, train_round
+from fedprostate.fl.client import (
+    PublicError,
+    SiteContext,
+    audit_sent,
+    evaluate_round,
+    site_context,
+    train_round,
+)
 from fedprostate.fl.config_io import config_from_context
 from fedprostate.fl.strategies import REPORT_KEY
 
@@ -22,17 +31,20 @@ log = logging.getLogger("fedprostate.site")
 
 
 @contextmanager
-def errors_stay_local(site_name: str, phase: str):
+def errors_stay_local(site: SiteContext, phase: str, msg: Message):
     try:
         yield
-    except PublicError:
+    except PublicError as exc:
+        audit_sent(site, msg, phase, error=str(exc))
         raise
     except Exception as exc:
-        log.exception("site %s: %s failed", site_name, phase)
-        raise RuntimeError(
-            f"site {site_name}: {type(exc).__name__} during {phase} "
+        log.exception("site %s: %s failed", site.name, phase)
+        public = (
+            f"site {site.name}: {type(exc).__name__} during {phase} "
             "(details in the site's local log)"
-        ) from None
+        )
+        audit_sent(site, msg, phase, error=public)
+        raise RuntimeError(public) from None
 
 
 def make_client_app(overrides: dict | None = None) -> ClientApp:
@@ -43,7 +55,7 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
         cfg = config_from_context(context.run_config, overrides, context.node_config)
         site = site_context(cfg, context.node_config, cfg.out)
         config = msg.content["config"]
-        with errors_stay_local(site.name, "training"):
+        with errors_stay_local(site, "training", msg):
             out, metrics = train_round(
                 cfg,
                 site,
@@ -59,6 +71,7 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
                 REPORT_KEY: ConfigRecord({"site": site.name, "codec": site.uplink}),
             }
         )
+        audit_sent(site, msg, "training", content=content)
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()
@@ -66,7 +79,7 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
         cfg = config_from_context(context.run_config, overrides, context.node_config)
         site = site_context(cfg, context.node_config, cfg.out)
         config = msg.content["config"]
-        with errors_stay_local(site.name, "evaluation"):
+        with errors_stay_local(site, "evaluation", msg):
             metrics = evaluate_round(
                 cfg,
                 site,
@@ -79,6 +92,7 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
         content = RecordDict(
             {"metrics": MetricRecord(metrics), REPORT_KEY: ConfigRecord({"site": site.name})}
         )
+        audit_sent(site, msg, "evaluation", content=content)
         return Message(content=content, reply_to=msg)
 
     return app

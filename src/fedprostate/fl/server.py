@@ -8,6 +8,8 @@ best round is chosen on validation, never on test. In deployment evaluation is f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import time
@@ -16,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord
-from safetensors.numpy import load_file as load_numpy
 
 from fedprostate.config import RunConfig
 from fedprostate.engine import setup
@@ -24,9 +25,11 @@ from fedprostate.engine.loop import score_dataset
 from fedprostate.engine.selection import BestOnValidation, EarlyStop
 from fedprostate.eval.calibration import calibration_report
 from fedprostate.fl import wire
+from fedprostate.fl.registry import SiteRegistry
 from fedprostate.fl.strategies import make_strategy
 from fedprostate.records import predictions
-from fedprostate.records.run_folder import Checkpoint, RunRecorder
+from fedprostate.records.audit import AUDIT_FILE, AuditLog
+from fedprostate.records.run_folder import Checkpoint, RunRecorder, file_sha256
 
 log = logging.getLogger("fedprostate.server")
 
@@ -63,31 +66,87 @@ class BenchmarkScorer:
         return entry["metrics"]
 
 
+def site_registry(cfg: RunConfig) -> tuple[SiteRegistry | None, int]:
+    """(who may reply, number of sites): the coordinator's registry file in a deployment; in
+    simulation the cache's sites by name with their split sizes."""
+    if cfg.fl.sites:
+        registry = SiteRegistry.load(cfg.fl.sites)
+        return registry, len(registry.by_node)
+    if cfg.data.cache:
+        names = setup.client_names(cfg)
+        sizes = {
+            n: {s: len(setup.client_dataset(cfg, n, s)) for s in ("train", "val")} for n in names
+        }
+        return SiteRegistry.by_name(sizes), len(names)
+    log.warning("no site registry (fl.sites): replies are identified by the site they claim")
+    return None, cfg.fl.min_available_nodes
+
+
+def finished_already(cfg: RunConfig, recorder: RunRecorder) -> dict | None:
+    """The summary of a run that already completed ``fl.rounds`` rounds, else None."""
+    path = recorder.dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    done = recorder.last_good_round()
+    if summary.get("status") == "finished" and done is not None and done.round >= cfg.fl.rounds:
+        return summary
+    return None
+
+
 def run_server(grid, cfg: RunConfig) -> dict:
     if not cfg.out:
         raise ValueError("the run folder (config key 'out') is not set")
     t0 = time.time()
     recorder = RunRecorder(Path(cfg.out))
+    audit = AuditLog(recorder.dir / AUDIT_FILE)
+    if cfg.resume and (summary := finished_already(cfg, recorder)) is not None:
+        log.info("run %s already finished %d rounds: nothing to do", cfg.out, cfg.fl.rounds)
+        audit.append("resume_noop", reason="already finished", rounds=cfg.fl.rounds)
+        return summary
     bundle = setup.build_model(cfg)
     shapes = setup.communicated_shapes(bundle.ft)
     arrays = dict(bundle.initial_communicated)
     simulation = bool(cfg.data.cache)
-    num_clients = len(setup.client_names(cfg)) if simulation else cfg.fl.min_available_nodes
+    registry, num_clients = site_registry(cfg)
     strategy = make_strategy(cfg, num_clients)
     random.seed(cfg.seed)  # Flower's node sampling draws from the global `random`
     offset, wall_before = 0, 0.0
-    if cfg.resume and (ckpt := recorder.latest_checkpoint()) is not None:
+    ckpt = recorder.last_good_round() if cfg.resume else None
+    if ckpt is not None:
         offset, arrays = ckpt.round, ckpt.arrays
         strategy.load_optimizer_state(ckpt.strategy_state)
         random.setstate(_to_random_state(ckpt.meta["random_state"]))
         wall_before = float(ckpt.meta.get("wall_s", 0.0))
         recorder.truncate_after(offset)
         log.info("resuming after round %d of %d", offset, cfg.fl.rounds)
-    elif not cfg.resume:
+    else:
         recorder.metrics_path.unlink(missing_ok=True)
     setup.start_tracking(recorder, cfg, resume_after=offset if cfg.resume else None)
     recorder.write_config(cfg.to_toml(), cfg.to_flat())
-    strategy.attach(shapes, cfg.compress.downlink, cfg.seed, bundle.foundation_sha256, offset)
+    audit.append(
+        "run_started",
+        run_dir=recorder.dir.name,
+        strategy=cfg.fl.strategy,
+        clip_norm=cfg.fl.clip_norm,
+        rounds=cfg.fl.rounds,
+        resumed_after=offset,
+        sites=sorted(registry.by_site) if registry else None,
+        config_sha256=hashlib.sha256(cfg.to_toml().encode()).hexdigest(),
+    )
+    strategy.attach(
+        shapes,
+        cfg.compress.downlink,
+        cfg.seed,
+        bundle.foundation_sha256,
+        offset,
+        registry=registry,
+        node_wait=cfg.fl.round_timeout,
+        clip_norm=cfg.fl.clip_norm,
+    )
     scorer = BenchmarkScorer(cfg, recorder.read_rounds()) if simulation else None
 
     def evaluate_fn(server_round: int, record) -> MetricRecord | None:
@@ -98,6 +157,7 @@ def run_server(grid, cfg: RunConfig) -> dict:
         entry: dict = {"round": current, "time_s": round(time.time() - t0 + wall_before, 2)}
         if server_round > 0:
             entry.update(strategy.ledger.pop())
+            audit_round(audit, entry)
         due = current % cfg.fl.eval_every == 0 or current == cfg.fl.rounds
         if scorer is not None and due:
             entry.update(scorer.score(current, tensors))
@@ -143,14 +203,63 @@ def run_server(grid, cfg: RunConfig) -> dict:
             log.info("%s", stop)
             stopped = {"round": stop.round, "best_round": stop.best_round}
             final = recorder.latest_checkpoint(keep_strategy_state=False).arrays
-    recorder.write_model(final)
     if scorer is not None:
         _rescore_best_if_earlier(scorer, recorder)
+    model_round = chosen_round(recorder, scorer)
+    shipped = recorder.load_checkpoint(model_round).arrays if model_round else final
+    recorder.write_model(shipped)  # the validation-chosen round's weights, as exported
     summary = summarize(cfg, recorder, scorer, bundle, time.time() - t0 + wall_before)
+    summary["model_round"] = model_round
     if stopped is not None:
         summary["stopped_early"] = stopped
     recorder.write_summary(summary)
+    audit.append(
+        "run_finished",
+        status=summary["status"],
+        reason=summary.get("reason"),
+        model_round=model_round,
+        model_sha256=file_sha256(recorder.dir / "model.safetensors"),
+        rejected_replies=summary["rejected_replies"],
+    )
     return summary
+
+
+def audit_round(audit: AuditLog, entry: dict) -> None:
+    """Per round: which nodes replied with how many bytes, every rejection and why."""
+    audit.append(
+        "round",
+        round=entry["round"],
+        replied=[
+            {k: c.get(k) for k in ("site", "node", "bytes_up", "bytes_down", "num-examples")}
+            | (
+                {"num-examples-claimed": c["num-examples-claimed"]}
+                if "num-examples-claimed" in c
+                else {}
+            )
+            | ({"update_norm": c["update_norm"]} if "update_norm" in c else {})
+            for c in entry.get("clients", [])
+        ],
+        rejected=entry.get("rejected", []),
+        evaluated=[e.get("site") for e in entry.get("fed_eval", []) if "error" not in e],
+        notes=entry.get("notes", []),
+    )
+
+
+def chosen_round(recorder: RunRecorder, scorer: BenchmarkScorer | None) -> int:
+    """The round whose weights the run ships: best on validation (server-scored in simulation,
+    federated validation AUROC in a deployment), else the last completed round (0: none)."""
+    if scorer is not None and scorer.best is not None:
+        return int(scorer.best["round"])
+    rounds = [e for e in recorder.read_rounds() if e["round"] > 0]
+    scored = [
+        (e["fed_eval_auroc"], e["round"])
+        for e in rounds
+        if isinstance(e.get("fed_eval_auroc"), float) and np.isfinite(e["fed_eval_auroc"])
+    ]
+    if scored:
+        return max(scored, key=lambda item: (item[0], -item[1]))[1]
+    done = recorder.checkpoint_rounds()
+    return done[-1] if done else 0
 
 
 def summarize(
@@ -215,8 +324,9 @@ def _rescore_best_if_earlier(scorer: BenchmarkScorer, recorder: RunRecorder) -> 
     best_round = scorer.chooser.best_round
     if best_round is None or (scorer.best is not None and scorer.best["round"] == best_round):
         return
-    path = recorder.ckpt_dir / f"round_{best_round:04d}.safetensors"
-    scorer.best = scorer.evaluate(best_round, load_numpy(str(path)))
+    scorer.best = scorer.evaluate(
+        best_round, recorder.load_checkpoint(best_round, keep_strategy_state=False).arrays
+    )
 
 
 def _from_random_state(state: tuple) -> list:

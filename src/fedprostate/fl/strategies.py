@@ -2,10 +2,17 @@
 
 ``ProjectHooks`` sits in front of any Flower strategy class and adds, without touching ``start()``:
 - downlink encoding of the broadcast and byte counts per destination node;
-- uplink decoding of each reply into full tensors *before* the strategy aggregates (so FedAdam's
-  pseudo-gradient sees real tensors), with replies that are malformed (missing/extra tensors,
-  wrong shape or dtype, NaN/Inf, undecodable) filtered out and logged with the site's name —
-  otherwise Flower raises ``InconsistentMessageReplies`` and ends the run;
+- a bounded wait for nodes: a round needs ``fl.min_available_nodes`` connected nodes and waits
+  for them at most ``fl.round_timeout`` (Flower's own sampling would wait forever), then is skipped;
+- every reply checked before the strategy sees it (``fl.replies``): the sender must be the site
+  the registry says its node is (or, in simulation, a known site replying once), metric names
+  whitelisted, ``num-examples`` a whole number >= 1 capped at the registered split size, tensors
+  complete, well-shaped, float32, finite and decodable; anything else is dropped and logged with
+  the site's name (Flower would raise ``InconsistentMessageReplies`` and end the run);
+- optional update-norm clipping (``fl.clip_norm``) with Flower's clipping function;
+- the strategy's own aggregation guarded (``fl.robust``): an exception is traced to the reply that
+  causes it (leave-one-out), which is dropped with the site named; an aggregate or optimizer state
+  with NaN/Inf is dropped and logged, and the strategy state (FedAdam's ``m_t``/``v_t``) restored;
 - float32 output (FedAdam/FedYogi promote to float64, which would double the download);
 - a round offset, so a resumed run continues its round numbering;
 - deterministic aggregation order (by site name), so resumed and uninterrupted runs match.
@@ -14,36 +21,41 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+)
 
 from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
-from fedprostate.config import STRATEGIES, RunConfig
-from fedprostate.fl import wire
+from fedprostate.config import STRATEGIES, ConfigError, RunConfig
+from fedprostate.fl import robust, wire
+from fedprostate.fl.ledger import NodesSnapshot, RoundLedger
+from fedprostate.fl.registry import SiteRegistry
+from fedprostate.fl.replies import (
+    EVALUATE_METRICS,
+    TRAIN_METRICS,
+    checked_count,
+    decode_update,
+    metrics_problem,
+)
 
 log = logging.getLogger("fedprostate.server")
 
 REPORT_KEY = "report"  # ConfigRecord in each reply: site name and codec (no patient data)
-
-
-@dataclass
-class RoundLedger:
-    """What happened in the current round, per client, filled by the hooks, read by the recorder."""
-
-    down: dict[int, int] = field(default_factory=dict)  # node id → bytes broadcast (train)
-    clients: list[dict] = field(default_factory=list)  # accepted train replies
-    rejected: list[dict] = field(default_factory=list)  # filtered replies and their reasons
-    evaluation: list[dict] = field(default_factory=list)  # federated evaluation per site
-
-    def pop(self) -> dict:
-        out = {"clients": self.clients, "rejected": self.rejected, "fed_eval": self.evaluation}
-        self.down, self.clients, self.rejected, self.evaluation = {}, [], [], []
-        return out
 
 
 class ProjectHooks:
@@ -56,6 +68,9 @@ class ProjectHooks:
         seed: int,
         foundation_sha: str,
         round_offset: int = 0,
+        registry: SiteRegistry | None = None,
+        node_wait: float = 3600.0,
+        clip_norm: float = 0.0,
     ) -> None:
         self.shapes = shapes
         self.downlink = CodecSpec.parse(downlink)
@@ -64,6 +79,28 @@ class ProjectHooks:
         self.round_offset = round_offset
         self.ledger = RoundLedger()
         self.reference: dict[str, np.ndarray] = {}
+        self.registry = registry
+        self.node_wait = node_wait
+        self.clip_norm = clip_norm
+
+    # ---- sampling ------------------------------------------------------------------------
+    def _nodes_or_skip(self, grid, needed: int, server_round: int, phase: str):
+        """The grid with a fixed node list once ``needed`` nodes are connected; None after
+        ``node_wait`` seconds without them (the round's ``phase`` is then skipped)."""
+        deadline = time.monotonic() + self.node_wait
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= needed:
+                return NodesSnapshot(grid, nodes)
+            if time.monotonic() >= deadline:
+                note = (
+                    f"round {server_round}: {phase} skipped: {len(nodes)} node(s) connected, "
+                    f"{needed} needed (fl.min_available_nodes), waited {self.node_wait:.0f} s"
+                )
+                log.warning(note)
+                self.ledger.notes.append(note)
+                return None
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     # ---- broadcast -----------------------------------------------------------------------
     def _broadcast(
@@ -93,11 +130,19 @@ class ProjectHooks:
     # resumed run with `round_offset` completed rounds behaves exactly like an uninterrupted one.
     def configure_train(self, server_round, arrays, config, grid) -> Iterable[Message]:
         server_round += self.round_offset
+        needed = max(self.min_available_nodes, self.min_train_nodes)
+        if (grid := self._nodes_or_skip(grid, needed, server_round, "training")) is None:
+            return []
         messages = list(super().configure_train(server_round, arrays, config, grid))
         return self._broadcast(messages, arrays, server_round, self.ledger.down)
 
     def configure_evaluate(self, server_round, arrays, config, grid) -> Iterable[Message]:
         server_round += self.round_offset
+        if self.fraction_evaluate == 0.0:
+            return []
+        needed = max(self.min_available_nodes, self.min_evaluate_nodes)
+        if (grid := self._nodes_or_skip(grid, needed, server_round, "evaluation")) is None:
+            return []
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         # Evaluation uses the same wire format as training: reference stays consistent.
         saved = dict(self.reference)
@@ -106,107 +151,165 @@ class ProjectHooks:
         return out
 
     # ---- replies -------------------------------------------------------------------------
-    def _site_of(self, msg: Message) -> str:
+    def _claimed_site(self, msg: Message) -> str:
         if msg.has_content() and REPORT_KEY in msg.content.config_records:
             return str(msg.content.config_records[REPORT_KEY].get("site", "?"))
         return f"node {msg.metadata.src_node_id}"
 
+    def _site_of(self, msg: Message) -> str:
+        """The sender's name for logs: the registered site of its node where there is one."""
+        entry = self.registry.by_node.get(msg.metadata.src_node_id) if self.registry else None
+        return entry.site if entry is not None else self._claimed_site(msg)
+
     def _decode(self, msg: Message) -> tuple[dict[str, np.ndarray] | None, str]:
         content = msg.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            return None, "reply must hold exactly one ArrayRecord and one MetricRecord"
-        metrics = next(iter(content.metric_records.values()))
-        n = metrics.get("num-examples")
-        if not isinstance(n, int | float) or not np.isfinite(n) or n <= 0:
-            return None, f"bad num-examples {n!r}"
+        if len(content.array_records) != 1:
+            return None, "reply must hold exactly one ArrayRecord"
         report = content.config_records.get(REPORT_KEY, ConfigRecord())
-        codec_text = str(report.get("codec", "fp32"))
         received = wire.from_record(next(iter(content.array_records.values())))
-        try:
-            spec = CodecSpec.parse(codec_text)
-            if delta.is_raw(spec):
-                reason = wire.check_tensors(received, self.shapes)
-                if reason:
-                    return None, reason
-            decoded = delta.unpack_uplink(received, spec, self.reference)
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            return None, f"undecodable {codec_text} update: {exc}"
-        decoded = {k: np.asarray(v) for k, v in decoded.items()}
-        reason = wire.check_tensors(decoded, self.shapes)
-        return (None, reason) if reason else (decoded, "")
+        return decode_update(
+            received, str(report.get("codec", "fp32")), self.shapes, self.reference
+        )
+
+    def _admit(self, msg: Message, phase: str, seen: set[str]) -> tuple[dict | None, str]:
+        """Identity, metric names and counts of one reply: (accepted fields, "") or (None, why)."""
+        if msg.has_error():
+            return None, f"error reply: {msg.error.reason}"
+        content = msg.content
+        if len(content.metric_records) != 1:
+            return None, "reply must hold exactly one MetricRecord"
+        claimed = self._claimed_site(msg)
+        cap = None
+        if self.registry is not None:
+            entry, why = self.registry.identify(msg.metadata.src_node_id, claimed)
+            if entry is None:
+                return None, why
+            cap = entry.cap(phase)
+        if claimed in seen:
+            return None, f"a second reply claiming site {claimed!r} in this round"
+        metrics = next(iter(content.metric_records.values()))
+        why = metrics_problem(metrics, TRAIN_METRICS if phase == "train" else EVALUATE_METRICS)
+        if why:
+            return None, why
+        n, why, capped = checked_count(metrics["num-examples"], cap)
+        if why:
+            return None, why
+        values = {k: _scalar(v) for k, v in metrics.items()}
+        if capped:
+            values["num-examples-claimed"] = values["num-examples"]
+            note = f"num-examples {metrics['num-examples']!r} capped at the registered {n}"
+            log.warning("reply from site %s: %s", claimed, note)
+        values["num-examples"] = float(n)
+        seen.add(claimed)
+        return {"site": claimed, "metrics": values, "n": n}, ""
+
+    def _reject(
+        self, server_round: int, msg: Message, reason: str, phase: str, site: str = ""
+    ) -> None:
+        site = site or self._site_of(msg)
+        log.warning(
+            "round %d: %s reply from site %s rejected: %s", server_round, phase, site, reason
+        )
+        self.ledger.rejected.append(
+            {"site": site, "node": msg.metadata.src_node_id, "phase": phase, "reason": reason}
+        )
 
     def aggregate_train(
         self, server_round, replies
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        accepted: list[tuple[str, Message]] = []
+        accepted: list[dict] = []
+        seen: set[str] = set()
         for msg in replies:
-            site = self._site_of(msg)
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                reason = f"error reply: {msg.error.reason}"
-            else:
-                up_bytes = (
-                    next(iter(msg.content.array_records.values())).count_bytes()
-                    if msg.content.array_records
-                    else 0
-                )
+            admitted, reason = self._admit(msg, "train", seen)
+            decoded = None
+            if admitted is not None:
                 decoded, reason = self._decode(msg)
             if reason:
-                log.warning(
-                    "round %d: reply from site %s rejected: %s",
-                    server_round,
-                    site,
-                    reason,
-                )
-                self.ledger.rejected.append({"site": site, "node": node, "reason": reason})
+                if admitted is not None:
+                    seen.discard(admitted["site"])
+                self._reject(server_round, msg, reason, "train")
                 continue
-            metrics = next(iter(msg.content.metric_records.values()))
+            node = msg.metadata.src_node_id
+            up_bytes = next(iter(msg.content.array_records.values())).count_bytes()
             report = msg.content.config_records.get(REPORT_KEY, ConfigRecord())
-            self.ledger.clients.append(
-                {
-                    "site": site,
-                    "node": node,
-                    "codec": str(report.get("codec", "fp32")),
-                    "bytes_up": up_bytes,
-                    "bytes_down": self.ledger.down.get(node, 0),
-                    **{k: _scalar(v) for k, v in metrics.items()},
-                }
-            )
-            msg.content = RecordDict({"arrays": wire.to_record(decoded), "metrics": metrics})
-            accepted.append((site, msg))
-        accepted.sort(key=lambda item: item[0])
+            entry = {
+                **admitted["metrics"],
+                "site": admitted["site"],
+                "node": node,
+                "codec": str(report.get("codec", "fp32")),
+                "bytes_up": up_bytes,
+                "bytes_down": self.ledger.down.get(node, 0),
+            }
+            if self.clip_norm > 0:
+                decoded, norm = robust.clip_update(decoded, self.reference, self.clip_norm)
+                entry["update_norm"] = norm
+                entry["clipped"] = norm > self.clip_norm
+            accepted.append({"msg": msg, "entry": entry, "tensors": decoded})
+        accepted.sort(key=lambda item: item["entry"]["site"])
         if not accepted:
-            log.warning(
-                "round %d: no usable replies; the global model is kept",
-                server_round,
-            )
+            log.warning("round %d: no usable replies; the global model is kept", server_round)
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, [m for _, m in accepted])
+
+        def run(items: list[dict]):
+            for item in items:  # fresh records each attempt: strategies may consume them
+                metrics = MetricRecord(
+                    {k: v for k, v in item["entry"].items() if k in TRAIN_METRICS}
+                )
+                arrays = wire.to_record(item["tensors"])
+                item["msg"].content = RecordDict({"arrays": arrays, "metrics": metrics})
+            return super(ProjectHooks, self).aggregate_train(
+                server_round, [i["msg"] for i in items]
+            )
+
+        (arrays, metrics), kept = self._guarded(server_round, accepted, run, "train")
+        self.ledger.clients.extend(item["entry"] for item in kept)
         if arrays is not None:
             arrays = wire.to_record(
                 {k: v.astype(np.float32) for k, v in wire.from_record(arrays).items()}
             )
         return arrays, metrics
 
+    def _guarded(self, server_round: int, items: list[dict], run: Callable, phase: str):
+        """``robust.guarded_aggregate`` with this round's rejections and notes recorded."""
+
+        def reject(item: dict, reason: str) -> None:
+            self._reject(server_round, item["msg"], reason, phase, item["entry"]["site"])
+
+        def note(text: str) -> None:
+            log.warning("round %d: %s", server_round, text)
+            self.ledger.notes.append(f"round {server_round}: {text}")
+
+        return robust.guarded_aggregate(self, items, run, phase == "train", reject, note)
+
     def aggregate_evaluate(self, server_round, replies) -> MetricRecord | None:
         server_round += self.round_offset
-        good = []
+        accepted: list[dict] = []
+        seen: set[str] = set()
         for msg in replies:
-            if msg.has_error():
-                self.ledger.evaluation.append(
-                    {"site": self._site_of(msg), "error": msg.error.reason}
-                )
+            admitted, reason = self._admit(msg, "evaluate", seen)
+            if reason:
+                self._reject(server_round, msg, reason, "evaluate")
+                self.ledger.evaluation.append({"site": self._site_of(msg), "error": reason})
                 continue
-            metrics = next(iter(msg.content.metric_records.values()), None)
-            if metrics is None or "num-examples" not in metrics:
-                continue
-            self.ledger.evaluation.append(
-                {"site": self._site_of(msg), **{k: _scalar(v) for k, v in metrics.items()}}
+            entry = {**admitted["metrics"], "site": admitted["site"]}
+            accepted.append({"msg": msg, "entry": entry})
+        accepted.sort(key=lambda item: item["entry"]["site"])
+        if not accepted:
+            return None
+
+        def run(items: list[dict]):
+            for item in items:
+                metrics = {k: v for k, v in item["entry"].items() if k in EVALUATE_METRICS}
+                item["msg"].content = RecordDict({"metrics": MetricRecord(metrics)})
+            return super(ProjectHooks, self).aggregate_evaluate(
+                server_round, [i["msg"] for i in items]
             )
-            msg.content = RecordDict({"metrics": metrics})
-            good.append(msg)
-        return super().aggregate_evaluate(server_round, good) if good else None
+
+        out, kept = self._guarded(server_round, accepted, run, "evaluate")
+        self.ledger.evaluation.extend(item["entry"] for item in kept)
+        self.ledger.evaluated = dict(out) if out is not None else {}
+        return out
 
     # ---- resume --------------------------------------------------------------------------
     def optimizer_state(self) -> dict[str, np.ndarray]:
@@ -233,6 +336,11 @@ _BASES = {
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,
     "fedprox": FedProx,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
 }
 if set(_BASES) != set(STRATEGIES):  # config.STRATEGIES is what a configuration may name
     raise ImportError(
@@ -241,10 +349,19 @@ if set(_BASES) != set(STRATEGIES):  # config.STRATEGIES is what a configuration 
 
 
 def make_strategy(cfg: RunConfig, num_clients: int) -> ProjectHooks:
-    """The configured Flower strategy with the project's hooks (not yet attached)."""
-    base = _BASES[cfg.fl.strategy]
-    cls = type(f"Project{base.__name__}", (ProjectHooks, base), {})
+    """The configured Flower strategy with the project's hooks (not yet attached).
+
+    ``num_clients`` is the number of sites: a Byzantine-robust strategy that cannot work with
+    that many (Krum 2f + 3, Bulyan 4f + 3) is refused here, before any round runs.
+    """
     fl = cfg.fl
+    if num_clients < fl.min_replies():
+        raise ConfigError(
+            f"fl.strategy = {fl.strategy!r} with fl.num_malicious = {fl.num_malicious} needs at "
+            f"least {fl.min_replies()} sites per round; this federation has {num_clients}"
+        )
+    base = _BASES[fl.strategy]
+    cls = type(f"Project{base.__name__}", (ProjectHooks, base), {})
     common = dict(
         fraction_train=fl.fraction_train,
         fraction_evaluate=fl.fraction_evaluate,
@@ -252,11 +369,19 @@ def make_strategy(cfg: RunConfig, num_clients: int) -> ProjectHooks:
         min_evaluate_nodes=min(fl.min_train_nodes, num_clients),
         min_available_nodes=min(fl.min_available_nodes, num_clients),
     )
-    if cfg.fl.strategy in ("fedadam", "fedyogi", "fedadagrad"):
+    if fl.strategy in ("fedadam", "fedyogi", "fedadagrad"):
         opt = dict(eta=fl.server_lr, eta_l=cfg.train.lr, tau=fl.tau)
-        if cfg.fl.strategy != "fedadagrad":
+        if fl.strategy != "fedadagrad":
             opt.update(beta_1=fl.beta_1, beta_2=fl.beta_2)
         return cls(**common, **opt)
-    if cfg.fl.strategy == "fedprox":
-        return cls(**common, proximal_mu=cfg.train.prox_mu)
-    return cls(**common)
+    extra: dict = {
+        "fedprox": {"proximal_mu": cfg.train.prox_mu},
+        "fedtrimmedavg": {"beta": fl.trim_beta},
+        "krum": {"num_malicious_nodes": fl.num_malicious},
+        "multikrum": {
+            "num_malicious_nodes": fl.num_malicious,
+            "num_nodes_to_select": fl.krum_select or max(1, num_clients - fl.num_malicious),
+        },
+        "bulyan": {"num_malicious_nodes": fl.num_malicious},
+    }.get(fl.strategy, {})
+    return cls(**common, **extra)

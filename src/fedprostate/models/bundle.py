@@ -3,7 +3,9 @@
 Layout (written by ``fedprostate.runs.export.export_run``)::
 
     BUNDLE/
-      bundle.json        arch, crop, spacing, channel order, preprocessing, threshold, hashes
+      bundle.json        arch, crop, spacing, channel order, preprocessing, threshold, hashes;
+                         ``bundle_sha256`` = SHA-256 of every other field (canonical JSON), so
+                         the weights' hash, the threshold and the preprocessing are all covered
       model.safetensors  the merged model's state dict (a plain timm module, fp32)
       model.onnx         the same model for onnxruntime (optional; input "crops" [B,3,H,W])
       MODEL_CARD.md      data, sites, metrics with CIs, intended use (research only)
@@ -17,6 +19,7 @@ weights load. Loading never imports peft.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,6 +61,29 @@ def read_bundle_meta(path: str | Path) -> dict:
     return meta
 
 
+def bundle_sha256(meta: dict) -> str:
+    """SHA-256 of a bundle's metadata without its own ``bundle_sha256`` (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "bundle_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def verify_bundle_meta(path: str | Path, meta: dict, expected_sha256: str = "") -> str:
+    """The bundle's hash, checked against ``bundle.json`` and, if given, the published one."""
+    actual = bundle_sha256(meta)
+    meta_path = Path(path) / BUNDLE_JSON
+    if "bundle_sha256" in meta and meta["bundle_sha256"] != actual:
+        raise BundleError(
+            f"{meta_path}: contents differ from its bundle_sha256 (threshold, preprocessing or "
+            "hashes edited after export)"
+        )
+    if expected_sha256 and expected_sha256.lower() != meta.get("bundle_sha256", actual):
+        raise BundleError(
+            f"{meta_path}: bundle sha256 {meta.get('bundle_sha256', actual)} is not the expected "
+            f"{expected_sha256} (get the consortium's published bundle)"
+        )
+    return actual
+
+
 def build_plain_model(meta: dict) -> nn.Module:
     """The untrained module a bundle's weights load into (timm backbone [+ adapters])."""
     model = create_backbone(
@@ -72,10 +98,15 @@ def build_plain_model(meta: dict) -> nn.Module:
     return model
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> tuple[nn.Module, dict]:
-    """(frozen eval-mode model, bundle metadata). ``verify`` checks the weights' sha256."""
+def load_bundle(
+    path: str | Path, verify: bool = True, expected_sha256: str = ""
+) -> tuple[nn.Module, dict]:
+    """(frozen eval-mode model, bundle metadata). ``verify`` checks the weights' sha256 and the
+    bundle hash; ``expected_sha256`` is the bundle hash published by the consortium."""
     path = Path(path)
     meta = read_bundle_meta(path)
+    if verify or expected_sha256:
+        verify_bundle_meta(path, meta, expected_sha256)
     weights = path / WEIGHTS
     if not weights.is_file():
         raise BundleError(f"{weights}: not found")

@@ -4,14 +4,20 @@ With a :class:`~fedprostate.records.tracking.Tracking`, every round line, the co
 the summary also go to TensorBoard / MLflow. ``prune_checkpoints`` keeps the newest rounds and
 the best one on validation (``keep_last``).
 
-Every file that a resume depends on is written atomically (temp file + rename), and a checkpoint
-is complete before the round's metrics line is appended, so a crash at any point leaves a run
-that ``--resume`` continues from the last completed round.
+Every file that a resume depends on is written atomically and durably: temp file, ``fsync`` of
+the file, rename, ``fsync`` of the folder (a rename is only durable once its directory entry is).
+A round's metrics line is appended (and fsynced) before its checkpoint, and each checkpoint's
+JSON records the SHA-256 of its tensor files. Reading is forgiving, so a crash or a damaged disk
+never stops a resume: a torn or unparseable ``metrics.jsonl`` line ends the readable part of the
+file (it and later lines are dropped, with a warning), and a checkpoint that does not load or
+whose hash differs is skipped for the one before it (the last good round).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +45,50 @@ def check_summary(summary: dict[str, Any]) -> None:
         raise ValueError("a failed run summary must say why (reason)")
 
 
+log = logging.getLogger("fedprostate.records")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or creation inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    _replace_durably(tmp, path)
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    _replace_durably(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -74,29 +114,58 @@ class RunRecorder:
     # ---- per round -----------------------------------------------------------------------
     def save_checkpoint(self, ckpt: Checkpoint) -> None:
         stem = self.ckpt_dir / f"round_{ckpt.round:04d}"
-        atomic_save_tensors(stem.with_suffix(".safetensors"), ckpt.arrays)
+        tensors = stem.with_suffix(".safetensors")
+        atomic_save_tensors(tensors, ckpt.arrays)
+        hashes = {"sha256": file_sha256(tensors)}
         if ckpt.strategy_state:
-            atomic_save_tensors(
-                stem.with_name(stem.name + "_strategy.safetensors"), ckpt.strategy_state
-            )
-        atomic_write_text(stem.with_suffix(".json"), json.dumps({"round": ckpt.round, **ckpt.meta}))
-
-    def latest_checkpoint(self, keep_strategy_state: bool = True) -> Checkpoint | None:
-        metas = sorted(self.ckpt_dir.glob("round_*.json"))
-        for meta_path in reversed(metas):  # the newest complete one
-            tensors = meta_path.with_suffix(".safetensors")
-            if not tensors.exists():
-                continue
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            state_path = meta_path.with_name(meta_path.stem + "_strategy.safetensors")
-            state = (
-                load_file(str(state_path)) if keep_strategy_state and state_path.exists() else {}
-            )
-            return Checkpoint(int(meta.pop("round")), load_file(str(tensors)), state, meta)
-        return None
+            state = stem.with_name(stem.name + "_strategy.safetensors")
+            atomic_save_tensors(state, ckpt.strategy_state)
+            hashes["strategy_sha256"] = file_sha256(state)
+        meta = {"round": ckpt.round, **ckpt.meta, **hashes}
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(meta))
 
     def checkpoint_rounds(self) -> list[int]:
-        return sorted(int(p.stem.split("_")[1]) for p in self.ckpt_dir.glob("round_*.json"))
+        return sorted(int(p.stem.split("_")[1]) for p in self.ckpt_dir.glob("round_[0-9]*.json"))
+
+    def load_checkpoint(self, server_round: int, keep_strategy_state: bool = True) -> Checkpoint:
+        """One round's checkpoint, verified against its recorded hashes (ValueError if not)."""
+        meta_path = self.ckpt_dir / f"round_{server_round:04d}.json"
+        tensors = meta_path.with_suffix(".safetensors")
+        state_path = meta_path.with_name(meta_path.stem + "_strategy.safetensors")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("sha256") and file_sha256(tensors) != meta["sha256"]:
+                raise ValueError(f"{tensors.name}: sha256 differs from {meta_path.name}")
+            arrays = load_file(str(tensors))
+            state = {}
+            if keep_strategy_state and meta.get("strategy_sha256"):
+                if file_sha256(state_path) != meta["strategy_sha256"]:
+                    raise ValueError(f"{state_path.name}: sha256 differs from {meta_path.name}")
+                state = load_file(str(state_path))
+        except ValueError:
+            raise
+        except Exception as exc:  # safetensors, JSON, OS errors: one clear reason
+            raise ValueError(
+                f"{meta_path.stem}: unreadable ({type(exc).__name__}: {exc})"
+            ) from None
+        for key in ("sha256", "strategy_sha256"):
+            meta.pop(key, None)
+        return Checkpoint(int(meta.pop("round")), arrays, state, meta)
+
+    def latest_checkpoint(
+        self, keep_strategy_state: bool = True, max_round: int | None = None
+    ) -> Checkpoint | None:
+        """The newest checkpoint that loads and matches its hashes (at most ``max_round``)."""
+        for server_round in reversed(self.checkpoint_rounds()):
+            if max_round is not None and server_round > max_round:
+                continue
+            try:
+                return self.load_checkpoint(server_round, keep_strategy_state)
+            except ValueError as exc:
+                log.warning(
+                    "%s: checkpoint skipped, falling back to an older one: %s", self.dir, exc
+                )
+        return None
 
     def best_round(self) -> int | None:
         """The round with the highest validation AUROC in metrics.jsonl (the first of ties)."""
@@ -125,31 +194,56 @@ class RunRecorder:
         return dropped
 
     def append_round(self, record: dict[str, Any]) -> None:
+        new = not self.metrics_path.exists()
         with self.metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=_json_default) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if new:
+            fsync_dir(self.dir)
         self.tracking.log_round(record)
 
+    def _good_lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """(line, record) up to the first torn or unparseable line (which ends the file)."""
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        lines = self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                int(record["round"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning(
+                    "%s: line %d is torn or corrupt; it and %d later line(s) are ignored",
+                    self.metrics_path,
+                    number,
+                    len(lines) - number,
+                )
+                break
+            out.append((line, record))
+        return out
+
     def truncate_after(self, last_round: int) -> None:
-        """Drop metric lines of rounds after ``last_round`` (a killed run may have written some)."""
+        """Keep the readable lines of rounds <= ``last_round`` (a killed run may have written
+        later or torn ones)."""
         if not self.metrics_path.exists():
             return
-        kept = [
-            line
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["round"] <= last_round
-        ]
+        kept = [line for line, rec in self._good_lines() if int(rec["round"]) <= last_round]
         atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def read_rounds(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [
-            json.loads(line)
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
+        return [record for _, record in self._good_lines()]
+
+    def last_good_round(self) -> Checkpoint | None:
+        """The checkpoint a resume continues from: the newest intact one whose round also has
+        a readable metrics line."""
+        rounds = [int(r["round"]) for r in self.read_rounds()]
+        if not rounds:
+            return None
+        return self.latest_checkpoint(max_round=max(rounds))
 
     # ---- end of run ----------------------------------------------------------------------
     def write_predictions(self, split: str, tag: str, rows: list[dict[str, Any]]) -> Path:

@@ -8,14 +8,21 @@ predictions are ``predictions_*_best.csv``; else ``model.safetensors``), then Lo
 local (``finetune.local_norms``) are per-site and not in a run folder: the bundle carries their
 initial values, which bundle.json records as ``local_tensors_from_run = false``.
 
-The operating threshold is chosen on validation (``eval.threshold_rule``, Youden by default) from
-``predictions_val_best.csv``; the model card reports ``predictions_test_best.csv`` with patient
-bootstrap CIs. ONNX parity is checked against the *unmerged* (peft) model on random crops.
+The exported bundle is then loaded back (``load_bundle``: exactly what a hospital will run) and
+re-scores the run's validation and test sets from the crop cache: the operating threshold is
+chosen on those validation scores (``eval.threshold_rule``, Youden by default) and the model card
+reports those test scores with patient bootstrap CIs, so every number on the card and the
+threshold come from the shipped weights (written as ``predictions_{val,test}.csv`` in the bundle).
+ONNX parity is checked against the *unmerged* (peft) model on random crops. ``bundle.json``
+carries no absolute path; its ``bundle_sha256`` covers every other field (threshold,
+preprocessing, the weights' and the ONNX file's hashes): publish it out of band and check it with
+``predict --expected-sha256``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -29,7 +36,8 @@ from fedprostate.config import RunConfig
 from fedprostate.data.cache import load_index, load_meta
 from fedprostate.data.preprocess import ADC_SCALE, CLIP
 from fedprostate.engine import setup
-from fedprostate.eval.calibration import apply_temperature
+from fedprostate.engine.loop import predict_scores
+from fedprostate.eval.calibration import apply_temperature, calibration_report
 from fedprostate.eval.metrics import choose_threshold, evaluate_predictions, headline
 from fedprostate.eval.picai import picai_metrics
 from fedprostate.models.bundle import (
@@ -38,6 +46,7 @@ from fedprostate.models.bundle import (
     MODEL_CARD,
     ONNX,
     WEIGHTS,
+    bundle_sha256,
     load_bundle,
 )
 from fedprostate.models.finetune import inference_structure, merge_for_inference
@@ -54,13 +63,6 @@ class ExportError(ValueError):
     """A run folder that cannot be exported (the message names the file)."""
 
 
-def _read_predictions(path: Path) -> list[dict]:
-    try:
-        return predictions.read(path)
-    except predictions.PredictionsError as exc:
-        raise ExportError(str(exc)) from None
-
-
 def _calibrated(rows: list[dict], temperature: float) -> list[dict]:
     if temperature == 1.0:
         return rows
@@ -69,8 +71,8 @@ def _calibrated(rows: list[dict], temperature: float) -> list[dict]:
 
 
 def _best_weights(run: Path, summary: dict) -> tuple[dict[str, np.ndarray], str]:
-    best = summary.get("best_round")
-    if best is not None:
+    best = summary.get("best_round", summary.get("model_round"))
+    if best:
         ckpt = run / "checkpoints" / f"round_{int(best):04d}.safetensors"
         if ckpt.is_file():
             return load_numpy(str(ckpt)), str(ckpt.relative_to(run))
@@ -165,6 +167,20 @@ def onnx_parity(path: Path, reference: torch.nn.Module, crop: int, in_chans: int
     return float(np.abs(onnx_logits(path, x.numpy()) - expected).max())
 
 
+def rescore(model: torch.nn.Module, cfg: RunConfig, label_round) -> dict[str, list[dict]]:
+    """Prediction rows of the run's validation and test sets scored by ``model``."""
+    out = {}
+    for split in ("val", "test"):
+        ds = setup.pooled_dataset(cfg, split)
+        scores, _ = predict_scores(model, ds)
+        out[split] = predictions.from_index(ds.rows, scores, label_round)
+    return out
+
+
+def _write_json(path: Path, meta: dict) -> None:
+    path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
 def export_run(
     run_dir: str | Path, out: str | Path, formats=("bundle", "onnx"), n_boot: int | None = None
 ) -> dict:
@@ -175,23 +191,12 @@ def export_run(
         raise ExportError(f"unknown export format(s) {unknown}; choose from {FORMATS}")
     run, out = Path(run_dir), Path(out)
     cfg, ft, foundation_sha, source, summary = load_run_model(run)
-    cache_meta = load_meta(cfg.data.cache)
-    # the run's temperature (fitted on validation) calibrates every probability the bundle gives
-    temperature = float((summary.get("calibration") or {}).get("temperature", 1.0))
-    val_rows = _calibrated(_read_predictions(run / "predictions_val_best.csv"), temperature)
-    test_rows = _calibrated(_read_predictions(run / "predictions_test_best.csv"), temperature)
-    val_scored = headline(val_rows)
-    val_labels = [r["label"] for r in val_scored]
-    if 0 < sum(val_labels) < len(val_labels):
-        threshold = choose_threshold(
-            val_labels, [r["score"] for r in val_scored], cfg.eval.threshold_rule
+    if not cfg.data.cache or not (Path(cfg.data.cache) / "index.csv").is_file():
+        raise ExportError(
+            f"{run / 'config.toml'}: data.cache {cfg.data.cache!r} is not a readable crop cache; "
+            "export re-scores the exported weights on the run's validation and test sets"
         )
-        rule = f"{cfg.eval.threshold_rule} on the validation findings (predictions_val_best.csv)"
-    else:
-        threshold, rule = 0.5, "fixed 0.5 (validation findings of one class only)"
-    metrics = evaluate_predictions(
-        test_rows, threshold=threshold, n_boot=n_boot or cfg.eval.n_boot, seed=cfg.seed
-    )
+    cache_meta = load_meta(cfg.data.cache)
 
     merged = merge_for_inference(ft)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in merged.state_dict().items()}
@@ -208,9 +213,6 @@ def export_run(
         "channel_names": cache_meta.get("channel_names", ["t2w", "adc", "hbv"]),
         "preprocessing": _preprocessing(cache_meta),
         "output": "softmax(logits)[:, 1] = csPCa probability",
-        "threshold": threshold,
-        "threshold_rule": rule,
-        "temperature": temperature,
         "finetune_method": cfg.finetune.method,
         **inference_structure(cfg.finetune),
         "local_tensors_from_run": not ft.local,
@@ -218,22 +220,48 @@ def export_run(
         "weights_sha256": backbone_sha256(state),
         "weights_source": source,
         "parameters": int(sum(p.numel() for p in merged.parameters())),
-        "source_run": _relative_run(run, out),
+        "source_run": _relative_run(run, out),  # never an absolute path
         "data_provenance": data_provenance(cache_meta),
         "run_kind": summary.get("kind", "federated"),
-        "best_round": summary.get("best_round"),
-        "test_auroc": metrics["lesion"]["auroc"],
+        "best_round": summary.get("best_round", summary.get("model_round")),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / WEIGHTS), metadata={"arch": cfg.model.arch})
-    (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    plain, _ = load_bundle(out)
+    _write_json(out / BUNDLE_JSON, meta)
+    plain, _ = load_bundle(out)  # exactly what a hospital loads
+    rows = rescore(plain, cfg, meta["best_round"])
+    # calibration of the exported weights: a temperature fitted on their validation findings
+    calibration = calibration_report(rows["val"], rows["test"]) or {"temperature": 1.0}
+    temperature = float(calibration["temperature"])
+    rows = {split: _calibrated(split_rows, temperature) for split, split_rows in rows.items()}
+    for split, split_rows in rows.items():
+        predictions.write(out / f"predictions_{split}.csv", split_rows)
+    val_scored = headline(rows["val"])
+    val_labels = [r["label"] for r in val_scored]
+    if 0 < sum(val_labels) < len(val_labels):
+        threshold = choose_threshold(
+            val_labels, [r["score"] for r in val_scored], cfg.eval.threshold_rule
+        )
+        rule = f"{cfg.eval.threshold_rule} on the exported weights' validation findings"
+    else:
+        threshold, rule = 0.5, "fixed 0.5 (validation findings of one class only)"
+    metrics = evaluate_predictions(
+        rows["test"], threshold=threshold, n_boot=n_boot or cfg.eval.n_boot, seed=cfg.seed
+    )
+    meta.update(
+        threshold=threshold,
+        threshold_rule=rule,
+        temperature=temperature,
+        calibration=calibration,
+        test_auroc=metrics["lesion"]["auroc"],
+    )
     if "onnx" in formats:
         in_chans = len(meta["channel_names"])
         onnx_export(plain, out / ONNX, cfg.model.crop, in_chans)
         meta["onnx"] = {
             "file": ONNX,
+            "sha256": hashlib.sha256((out / ONNX).read_bytes()).hexdigest(),
             "opset": ONNX_OPSET,
             "input": "crops [batch, C, H, W] float32",
             "output": "logits [batch, 2]",
@@ -241,8 +269,9 @@ def export_run(
                 out / ONNX, ft.model, cfg.model.crop, in_chans
             ),
         }
-        (out / BUNDLE_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    picai = picai_metrics(test_rows, n_boot=n_boot or cfg.eval.n_boot, seed=cfg.seed)
+    picai = picai_metrics(rows["test"], n_boot=n_boot or cfg.eval.n_boot, seed=cfg.seed)
+    meta["bundle_sha256"] = bundle_sha256(meta)
+    _write_json(out / BUNDLE_JSON, meta)
     (out / MODEL_CARD).write_text(
         model_card(cfg, meta, metrics, _data_summary(cfg), cache_meta, picai), encoding="utf-8"
     )

@@ -13,15 +13,30 @@ from pathlib import Path
 from fedprostate.config import RunConfig
 from fedprostate.engine import setup
 from fedprostate.fl.simulation import simulate
+from fedprostate.runs.resume import ResumeRefusedError, check_resume
+
+__all__ = ["ResumeRefusedError", "RunFailedError", "federate", "finished_summary"]
 
 
 class RunFailedError(RuntimeError):
     """A run that ended without a usable model (the message says why)."""
 
 
-def federate(cfg: RunConfig, out: str | Path, resume: bool = False, verbose: bool = False) -> dict:
-    """Run a federated fine-tuning simulation; returns the run's summary.json content."""
+def federate(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    verbose: bool = False,
+    force: bool = False,
+) -> dict:
+    """Run a federated fine-tuning simulation; returns the run's summary.json content.
+
+    A resume with a configuration other than the run's raises :class:`ResumeRefusedError` unless
+    ``force``; a resume of a finished run returns its summary (with ``"resume": "noop"``) at once.
+    """
     cfg = setup.prepare_run_config(cfg, out, resume)
+    if resume and (done := check_resume(cfg.out, cfg, force)) is not None:
+        return {**done, "resume": "noop"}
     setup.check_run_data(cfg)
     setup.check_tracking(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

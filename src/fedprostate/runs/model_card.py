@@ -106,7 +106,11 @@ def model_card(
         f"- parameters: {meta['parameters']:,}",
         f"- foundation sha256: `{meta['foundation_sha256']}`",
         f"- weights sha256: `{meta['weights_sha256']}` ({meta['weights_source']})",
-        f"- operating threshold: {meta['threshold']:.4f} ({meta['threshold_rule']})",
+        f"- operating threshold: {meta['threshold']:.4f} ({meta['threshold_rule']}); "
+        f"probabilities calibrated by temperature {meta.get('temperature', 1.0):.3f} "
+        "(fitted on the validation findings)",
+        f"- bundle sha256 (bundle.json `bundle_sha256`: weights, threshold, preprocessing): "
+        f"`{meta.get('bundle_sha256', '')}`",
         "",
         "## Training data",
         f"- provenance: {PROVENANCE_TEXT[data_provenance(cache_meta)]}",
@@ -123,7 +127,8 @@ def model_card(
         lines.append(f"| {site} | {c['train']} | {c['val']} | {c['test']} | {c['positives']} |")
     lines += [
         "",
-        f"## Test metrics (patient bootstrap, {metrics['bootstrap']['n_boot']} resamples)",
+        f"## Test metrics of the exported weights (patient bootstrap, {metrics['bootstrap']['n_boot']} "
+        "resamples; the radiologist's findings; scores in predictions_test.csv)",
         f"- findings: {metrics['n_findings']} ({metrics['n_pos']} csPCa), "
         f"patients: {metrics['n_patients']}",
         f"- finding-level AUROC: {_ci(lesion['auroc'])}",

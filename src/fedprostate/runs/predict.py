@@ -97,7 +97,8 @@ def predict_studies(
             }
         )  # fmt: skip
     model_info = {
-        k: meta.get(k) for k in ("arch", "crop", "spacing", "mode", "weights_sha256", "threshold")
+        k: meta.get(k)
+        for k in ("arch", "crop", "spacing", "mode", "weights_sha256", "bundle_sha256", "threshold")
     }
     return {
         "model": model_info | {"intended_use": "research only, not for clinical use"},
@@ -135,8 +136,10 @@ def predict(
     out: str | Path | None = None,
     patient: str | None = None,
     detection_maps: bool = False,
+    expected_sha256: str = "",
 ) -> dict:
-    """Load the bundle, read the studies, score those that can be; write JSON/CSV to ``out``
+    """Load the bundle (checked against ``expected_sha256``, the consortium's published bundle
+    hash, when given), read the studies, score those that can be; write JSON/CSV to ``out``
     when given. Raises NothingScoredError when every study was skipped.
 
     ``detection_maps``: also write PI-CAI detection maps (each finding's probability on its
@@ -144,7 +147,7 @@ def predict(
     """
     if detection_maps and out is None:
         raise ValueError("detection maps need an output folder (out)")
-    model, meta = load_bundle(bundle)
+    model, meta = load_bundle(bundle, expected_sha256=expected_sha256)
     prep = meta.get("preprocessing", {})
     skipped: list[StudyError] = []
     studies = resolve_studies(

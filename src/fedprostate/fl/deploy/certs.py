@@ -9,6 +9,11 @@
 - **Renewal**: :func:`renew_server_certificate` issues a fresh server certificate (new key, new
   validity window) from the same CA; hospitals change nothing because they trust the CA, and the
   SuperLink is restarted with the new files.
+- The **CA key never lies beside the server key**: :func:`make_server_certificates` keeps the CA in
+  ``<dir>/ca/`` and the server's files in ``<dir>/server/`` (in production the CA folder lives on
+  an offline machine), and reuses an existing CA, so a restart never changes what hospitals trust.
+- **Private keys** are written owner-only (0600) into a fresh file that replaces the old one, so a
+  pre-existing file's looser mode never survives; a symlink where a key should go is refused.
 """
 
 from __future__ import annotations
@@ -41,12 +46,32 @@ class NodeKeys:
     public_key: Path  # sent to the coordinator: flwr supernode register PUBLIC_KEY
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret with owner-only permissions from the start."""
+class KeyFileError(ValueError):
+    """A private key file that cannot be written safely (the message names it)."""
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret owner-only (0600) from its first byte, never through a symlink.
+
+    The bytes go to a new temporary file (``O_EXCL | O_NOFOLLOW``, mode 0600) that then replaces
+    ``path``: an existing file's mode or owner never carries over.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    if path.is_symlink():
+        raise KeyFileError(f"{path}: is a symlink; refusing to write a private key through it")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -112,7 +137,7 @@ def make_ca(
     )
     ca_cert, ca_key = out / "ca.pem", out / "ca.key"
     ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(ca_key, _pem_key(key))
+    write_private(ca_key, _pem_key(key))
     return ca_cert, ca_key
 
 
@@ -148,17 +173,24 @@ def issue_server_certificate(
     out.mkdir(parents=True, exist_ok=True)
     server_cert, server_key = out / "server.pem", out / "server.key"
     server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(server_key, _pem_key(key))
+    write_private(server_key, _pem_key(key))
     return server_cert, server_key
 
 
 def make_server_certificates(
     out_dir: str | Path, hosts: tuple[str, ...] | list[str] = DEFAULT_HOSTS, days: int = 365
 ) -> ServerCertificates:
-    """CA + server certificate in ``out_dir`` (ca.pem, ca.key, server.pem, server.key)."""
-    ca_cert, ca_key = make_ca(out_dir)
-    server_cert, server_key = issue_server_certificate(ca_cert, ca_key, out_dir, hosts, days)
-    return ServerCertificates(ca_cert, ca_key, server_cert, server_key)
+    """The CA in ``out_dir/ca/`` (made once, then reused) and a fresh server certificate and key
+    from it in ``out_dir/server/`` (with a copy of ``ca.pem``, what hospitals receive)."""
+    out = Path(out_dir)
+    ca_dir, server_dir = out / "ca", out / "server"
+    ca_cert, ca_key = ca_dir / "ca.pem", ca_dir / "ca.key"
+    if not (ca_cert.is_file() and ca_key.is_file()):
+        ca_cert, ca_key = make_ca(ca_dir)
+    server_cert, server_key = issue_server_certificate(ca_cert, ca_key, server_dir, hosts, days)
+    shared = server_dir / "ca.pem"
+    shared.write_bytes(ca_cert.read_bytes())
+    return ServerCertificates(shared, ca_key, server_cert, server_key)
 
 
 def renew_server_certificate(
@@ -188,7 +220,7 @@ def make_node_keys(out_dir: str | Path, name: str) -> NodeKeys:
     key = ec.generate_private_key(ec.SECP384R1())
     private = out / name
     public = out / f"{name}.pub"
-    _write_private(
+    write_private(
         private,
         key.private_bytes(
             serialization.Encoding.PEM,

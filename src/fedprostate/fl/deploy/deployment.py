@@ -1,126 +1,116 @@
-"""A real Flower deployment on loopback: one SuperLink, one SuperNode per hospital, TLS + node auth.
+"""A real Flower deployment on loopback, shaped as a hospital security review expects it.
 
-This is what a consortium runs, on one machine: ``flower-superlink`` with a server certificate
-from a consortium CA and ``--enable-supernode-auth``; every ``flower-supernode`` trusts only the
-CA, signs in with its own ECDSA key (registered with ``flwr supernode register``) and names its
-data in ``--node-config``; the app is started with ``flwr run <app> <connection>``. The ``flwr``
-CLI reads its SuperLink connection from ``$FLWR_HOME/config.toml``: each deployment writes its own
-(private ``FLWR_HOME`` under the deployment folder), as does every SuperNode (its installed apps).
-Every process is stopped on close, also after Ctrl-C or an exception.
+What a consortium runs, on one machine:
+
+- ``flower-superlink`` with a server certificate from the consortium CA and
+  ``--enable-supernode-auth``, listening on **loopback only**: its Control API (``flwr run``,
+  ``stop``, ``supernode register``) is reachable by the coordinator alone;
+- **nginx** in front of it (:mod:`.proxy`), the only port hospitals reach, forwarding only the
+  Fleet API routes an authenticated SuperNode calls;
+- the coordinator **registers** each hospital's public key (``flwr supernode register``) and
+  writes the node id Flower returns, with the hospital's preflight split sizes, into the site
+  registry (``sites.json``, :mod:`fedprostate.fl.registry`) that the ServerApp trusts;
+- the app is **signed** with the consortium's Ed25519 key and served by a Flower-Hub-protocol
+  registry (:mod:`.signing`); ``flwr run @fedprostate/fedprostate==VERSION`` makes the SuperLink
+  fetch it with its signature, and every ``flower-supernode`` runs with ``--trusted-entities``,
+  so an unsigned or re-signed app never starts at a hospital;
+- every ``flower-supernode`` trusts only the CA, signs in with its own ECDSA key and names its
+  data in ``--node-config``.
+
+Registrations, runs started/stopped (and by whom) go to the coordinator's append-only audit log
+(``<run>/audit.jsonl``), to which the ServerApp adds every round. The ``flwr`` CLI reads its
+SuperLink connection from ``$FLWR_HOME/config.toml``: each deployment writes its own. Every
+process is stopped on close, also after Ctrl-C or an exception. The CA, the consortium key, the
+registry and the SuperLink database survive restarts, so ``--resume`` rejoins the same federation.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import tomli_w
 
-from fedprostate.config import RunConfig, flatten
-from fedprostate.fl.deploy.certs import (
-    NodeKeys,
-    ServerCertificates,
-    make_node_keys,
-    make_server_certificates,
+from fedprostate.config import RunConfig
+from fedprostate.fl.deploy.app import (
+    app_config_keys,
+    app_dir,
+    deployment_config,
+    flower_bin,
+    nest,
+    node_config_text,
+    write_app_dir,
 )
-from fedprostate.fl.deploy.processes import LOOPBACK, ManagedProcess, free_port, port_open
+from fedprostate.fl.deploy.certs import NodeKeys, ServerCertificates, make_node_keys
+from fedprostate.fl.deploy.certs import make_server_certificates as _make_certs
+from fedprostate.fl.deploy.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    follow,
+    free_port,
+    port_open,
+    written_after,
+)
+from fedprostate.fl.deploy.proxy import FleetProxy
+from fedprostate.fl.deploy.registration import register_node
+from fedprostate.fl.deploy.signing import (
+    DEFAULT_KEY_ID,
+    AppRegistry,
+    SignedApp,
+    make_signing_key,
+    sign_app,
+    write_trusted_entities,
+)
+from fedprostate.records.audit import AUDIT_FILE, AuditLog
+
+__all__ = ["LocalDeployment", "deploy_local", "deployment_config", "follow", "node_config_text"]
 
 CONNECTION = "fedprostate"  # name of the SuperLink connection in the deployment's Flower config
 
 
-def flower_bin(name: str) -> str:
-    """A Flower executable from this environment (never a different installation on PATH)."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if not found:
-        raise FileNotFoundError(f"{name} not found: install fedprostate (it depends on flwr)")
-    return found
-
-
-def app_dir() -> Path:
-    """The Flower app: the project folder when it has ``[tool.flwr.app]``.
-
-    Installed from a wheel (no source tree) a minimal app folder is written instead: the same
-    components and defaults, importing the installed ``fedprostate`` package.
-    """
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        pyproject = parent / "pyproject.toml"
-        if pyproject.exists() and "[tool.flwr.app]" in pyproject.read_text(encoding="utf-8"):
-            return parent
-    return Path()
-
-
-def write_app_dir(out: Path) -> Path:
-    from importlib.metadata import version
-
-    out.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "project": {"name": "fedprostate", "version": version("fedprostate")},
-        "tool": {
-            "flwr": {
-                "app": {
-                    "publisher": "fedprostate",
-                    "components": {
-                        "serverapp": "fedprostate.fl.server_app:app",
-                        "clientapp": "fedprostate.fl.client_app:app",
-                    },
-                    "config": nest(RunConfig().to_flat()),
-                }
-            }
-        },
-    }
-    (out / "pyproject.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
-    return out
-
-
-def app_config_keys(app: Path) -> list[str]:
-    """Dotted keys that the app's ``[tool.flwr.app.config]`` defines (all others are refused)."""
-    doc = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
-    return list(flatten(doc["tool"]["flwr"]["app"].get("config", {})))
-
-
-def nest(flat: dict) -> dict:
-    """Dotted keys → nested tables (what Flower flattens back to dotted keys)."""
-    out: dict = {}
-    for key, value in flat.items():
-        *groups, name = key.split(".")
-        node = out
-        for g in groups:
-            node = node.setdefault(g, {})
-        node[name] = value
-    return out
-
-
-def node_config_text(values: dict) -> str:
-    """``--node-config`` text: space-separated ``key=value`` with TOML values."""
-    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items())
-
-
 class LocalDeployment:
-    """Certificates, keys, a SuperLink and SuperNodes under one folder; a context manager."""
+    """CA, keys, registry, a SuperLink, its nginx front and SuperNodes under one folder."""
 
-    def __init__(self, root: str | Path, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        echo: Callable[[str], None] = print,
+        audit_path: str | Path | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.echo = echo
         self.flwr_home = self.root / "flwr"
         self.logs = self.root / "logs"
         self.superlink: ManagedProcess | None = None
+        self.proxy: FleetProxy | None = None
+        self.app_registry: AppRegistry | None = None
         self.supernodes: dict[str, ManagedProcess] = {}
-        self.port = free_port()
+        self.port = free_port()  # the SuperLink: loopback, coordinator only
+        self.public_port = free_port()  # nginx: what hospitals reach
         self.database = self.root / "superlink.db"
-        self.certs: ServerCertificates = make_server_certificates(self.root / "certs")
+        self.sites_file = self.root / "sites.json"
+        self.audit = AuditLog(audit_path or self.root / AUDIT_FILE)
+        self.certs: ServerCertificates = _make_certs(self.root / "certs")  # CA kept across starts
+        consortium = self.root / "consortium"
+        self.signing_key = consortium / "app_signing_key"
+        if not self.signing_key.exists():
+            make_signing_key(consortium, "app_signing_key")
+        self.trusted_entities = write_trusted_entities(
+            consortium / "trusted_entities.yaml",
+            {DEFAULT_KEY_ID: self.signing_key.with_name("app_signing_key.pub")},
+        )
         self._write_flower_config()
+
+    @property
+    def public_address(self) -> str:
+        return f"{LOOPBACK}:{self.public_port}"
 
     # ---- environment ---------------------------------------------------------------------
     def env(self, flwr_home: Path | None = None) -> dict[str, str]:
@@ -140,18 +130,20 @@ class LocalDeployment:
             "superlink": {
                 "default": CONNECTION,
                 CONNECTION: {
-                    "address": f"{LOOPBACK}:{self.port}",
+                    "address": f"{LOOPBACK}:{self.port}",  # the coordinator's own, loopback
                     "root-certificates": str(self.certs.ca_cert),
                 },
             }
         }
         (self.flwr_home / "config.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
 
-    # ---- SuperLink -----------------------------------------------------------------------
+    # ---- SuperLink, its front and the app registry ---------------------------------------
     def start_superlink(self, timeout: float = 90.0) -> ManagedProcess:
+        if self.app_registry is None:
+            self.app_registry = AppRegistry(self.root / "apps").start()
         cmd = [
             flower_bin("flower-superlink"),
-            "--host", LOOPBACK,
+            "--host", LOOPBACK,  # never 0.0.0.0: Control and Runtime APIs share this port
             "--port", str(self.port),
             "--ssl-certfile", str(self.certs.server_cert),
             "--ssl-keyfile", str(self.certs.server_key),
@@ -160,9 +152,10 @@ class LocalDeployment:
             "--database", str(self.database),  # registered nodes and runs survive a restart
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
+        env = self.env() | {"FLWR_SUPERGRID_API_URL": self.app_registry.api_url}
         # The ServerApp runs in the SuperLink's working directory: paths in the config are absolute.
         self.superlink = ManagedProcess(
-            "superlink", cmd, self.logs / "superlink.log", self.env(), self.root
+            "superlink", cmd, self.logs / "superlink.log", env, self.root
         )
         deadline = time.monotonic() + timeout
         while not port_open(self.port):
@@ -172,14 +165,39 @@ class LocalDeployment:
                     + self.superlink.log_text()[-2000:]
                 )
             time.sleep(0.3)
-        self.echo(f"SuperLink listening on https://{LOOPBACK}:{self.port} (TLS, node auth)")
+        self.echo(f"SuperLink on https://{LOOPBACK}:{self.port} (loopback: coordinator only)")
         return self.superlink
+
+    def start_proxy(self) -> FleetProxy:
+        self.proxy = FleetProxy(
+            self.root / "proxy",
+            LOOPBACK,
+            self.public_port,
+            self.port,
+            self.certs.server_cert,
+            self.certs.server_key,
+            self.certs.ca_cert,
+        )
+        self.proxy.start(self.env())
+        self.echo(f"Fleet API for hospitals on https://{self.public_address} (nginx, Fleet only)")
+        self.audit.append(
+            "superlink_started",
+            control_api=f"{LOOPBACK}:{self.port}",
+            fleet_api=self.public_address,
+            tls=True,
+            node_auth=True,
+        )
+        return self.proxy
+
+    def start(self) -> None:
+        self.start_superlink()
+        self.start_proxy()
 
     def crash_superlink(self) -> None:
         if self.superlink is not None:
             self.superlink.crash()
 
-    # ---- SuperNodes ----------------------------------------------------------------------
+    # ---- registration --------------------------------------------------------------------
     def node_keys(self, site: str) -> NodeKeys:
         keys = self.root / "keys"
         private = keys / site
@@ -187,16 +205,16 @@ class LocalDeployment:
             return NodeKeys(private, keys / f"{site}.pub")
         return make_node_keys(keys, site)
 
-    def register(self, site: str, public_key: Path | None = None) -> int:
-        """``flwr supernode register``: the coordinator admits one hospital's public key."""
+    def register(
+        self, site: str, public_key: Path | None = None, train: int = 0, val: int = 0
+    ) -> int:
+        """The coordinator admits one hospital (``registration.register_node``)."""
         key = public_key or self.node_keys(site).public_key
-        out = self.flwr(["supernode", "register", str(key), CONNECTION, "--format", "json"])
-        start = out.find("{")
-        try:
-            return int(json.loads(out[start:])["node-id"])
-        except (ValueError, KeyError) as exc:
-            raise RuntimeError(f"registering {site} failed:\n{out}") from exc
+        return register_node(
+            self.flwr, key, site, train, val, self.sites_file, self.audit, CONNECTION
+        )
 
+    # ---- SuperNodes ----------------------------------------------------------------------
     def start_supernode(
         self,
         site: str,
@@ -208,6 +226,8 @@ class LocalDeployment:
         insecure: bool = False,
         extra_config: dict | None = None,
         max_wait_time: float | None = None,
+        superlink: str | None = None,
+        trusted_entities: Path | None | bool = True,
     ) -> ManagedProcess:
         home = self.root / "nodes" / site
         values = {
@@ -216,7 +236,7 @@ class LocalDeployment:
             "state-dir": str(home / "state"),
             **(extra_config or {}),
         }
-        cmd = [flower_bin("flower-supernode"), "--superlink", f"{LOOPBACK}:{self.port}"]
+        cmd = [flower_bin("flower-supernode"), "--superlink", superlink or self.public_address]
         if insecure:
             cmd.append("--insecure")
         else:
@@ -224,6 +244,9 @@ class LocalDeployment:
         if authenticate:
             key = private_key or self.node_keys(site).private_key
             cmd += ["--auth-supernode-private-key", str(key)]
+        if trusted_entities:
+            trusted = self.trusted_entities if trusted_entities is True else trusted_entities
+            cmd += ["--trusted-entities", str(trusted)]
         cmd += [
             "--host", LOOPBACK,
             "--port", str(free_port()),  # its own ClientApp runtime API port
@@ -250,13 +273,15 @@ class LocalDeployment:
             )
 
     # ---- runs ----------------------------------------------------------------------------
-    def flwr(self, args: list[str], timeout: float = 120.0) -> str:
+    def flwr(self, args: list[str], timeout: float = 120.0, env: dict | None = None) -> str:
         done = subprocess.run(
             [flower_bin("flwr"), *args],
-            env=self.env(),
+            env=env or self.env(),
             cwd=self.root,
             capture_output=True,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=timeout,
         )
         if done.returncode != 0:
@@ -268,34 +293,59 @@ class LocalDeployment:
         path.write_text(tomli_w.dumps(nest(cfg.to_flat())), encoding="utf-8")
         return path
 
-    def submit(self, cfg: RunConfig) -> ManagedProcess:
-        """``flwr run APP CONNECTION --run-config FILE --stream`` in the background."""
+    def app(self) -> Path:
         app = app_dir()
-        if app == Path():
-            app = write_app_dir(self.root / "app")
+        return write_app_dir(self.root / "app") if app == Path() else app
+
+    def sign(self, signing_key: Path | None = None) -> SignedApp:
+        """Build and sign the app (the consortium's key unless another is given)."""
+        return sign_app(self.app(), signing_key or self.signing_key, self.root / "apps")
+
+    def submit(
+        self, cfg: RunConfig, signed: bool = True, signing_key: Path | None = None
+    ) -> ManagedProcess:
+        """``flwr run @APP==VERSION CONNECTION --run-config FILE --stream`` in the background
+        (``signed=False``: ``flwr run APP_DIR``, an unsigned upload, for the refusal test)."""
+        app = self.app()
         unknown = set(cfg.to_flat()) - set(app_config_keys(app))
         if unknown:  # Flower would answer only "Invalid run configuration"
             raise ValueError(
                 f"{app / 'pyproject.toml'} [tool.flwr.app.config] lacks defaults for "
                 f"{sorted(unknown)}: every RunConfig key needs one"
             )
+        target, fab_sha, key_id = str(app), "", None
+        if signed:
+            signed_app = self.sign(signing_key)
+            target, fab_sha, key_id = signed_app.spec, signed_app.fab_sha256, signed_app.key_id
         cmd = [
-            flower_bin("flwr"), "run", str(app), CONNECTION,
+            flower_bin("flwr"), "run", target, CONNECTION,
             "--run-config", str(self.write_run_config(cfg)),
             "--stream",
         ]  # fmt: skip
+        self.audit.append(
+            "run_submitted",
+            by=getpass.getuser(),
+            app=target if signed else "unsigned upload",
+            fab_sha256=fab_sha or None,
+            signed_by=key_id,
+            rounds=cfg.fl.rounds,
+            resume=cfg.resume,
+        )
         return ManagedProcess("flwr-run", cmd, self.logs / "flwr_run.log", self.env(), app)
 
-    def run(self, cfg: RunConfig, timeout: float = 3600.0) -> dict:
+    def run(self, cfg: RunConfig, timeout: float = 3600.0, **submit) -> dict:
         """Run the app to the end, echoing its log; returns the run's summary.json."""
         summary = Path(cfg.out) / "summary.json"
         started = time.time()
-        proc = self.submit(cfg)
+        proc = self.submit(cfg, **submit)
         try:
-            follow(proc, self.echo, timeout, lambda: _written_after(summary, started))
+            follow(proc, self.echo, timeout, lambda: written_after(summary, started))
+        except BaseException as exc:
+            self.audit.append("run_stopped", by=getpass.getuser(), reason=type(exc).__name__)
+            raise
         finally:
             proc.stop()
-        if not _written_after(summary, started):
+        if not written_after(summary, started):
             raise RuntimeError(
                 f"the run ended without writing {summary}; logs in {self.logs}:\n"
                 + proc.log_text()[-3000:]
@@ -306,8 +356,13 @@ class LocalDeployment:
     def close(self) -> None:
         for proc in self.supernodes.values():
             proc.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
         if self.superlink is not None:
             self.superlink.stop()
+        if self.app_registry is not None:
+            self.app_registry.stop()
+            self.app_registry = None
 
     def __enter__(self) -> LocalDeployment:
         return self
@@ -316,68 +371,33 @@ class LocalDeployment:
         self.close()
 
 
-def _written_after(path: Path, t0: float) -> bool:
-    return path.exists() and path.stat().st_mtime >= t0
-
-
-def follow(
-    proc: ManagedProcess, echo: Callable[[str], None], timeout: float, done: Callable[[], bool]
-) -> None:
-    """Echo a process's log lines as they come until it exits, ``done()`` or the timeout."""
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while True:
-        text = proc.log_text()
-        for line in text[seen:].splitlines():
-            echo(line)
-        seen = len(text)
-        if not proc.running() or done():
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the run did not finish within {timeout:.0f} s")
-        time.sleep(0.5)
-
-
-def deployment_config(cfg: RunConfig, out: str | Path, n_sites: int, resume: bool = False):
-    """The run config the SuperLink gets: absolute paths, no data on the server (federated
-    evaluation only), every site connected before round 1, one torch thread per ClientApp."""
-    if cfg.data.partition != "natural":
-        raise ValueError(
-            "a deployment is one SuperNode per hospital: data.partition must be natural"
-        )
-    changes: dict = {
-        "out": str(Path(out).resolve()),
-        "resume": resume,
-        "data.cache": "",
-        "fl.min_available_nodes": n_sites,
-        "fl.min_train_nodes": min(cfg.fl.min_train_nodes, n_sites),
-    }
-    if cfg.model.foundation:
-        changes["model.foundation"] = str(Path(cfg.model.foundation).resolve())
-    if cfg.train.threads == 0:
-        changes["train.threads"] = 1
-    return cfg.replace(**changes)
-
-
 def deploy_local(
     cfg: RunConfig,
     cache: str | Path,
-    sites: list[str],
+    sites: dict[str, dict[str, int]],
     out: str | Path,
     echo: Callable[[str], None] = print,
     timeout: float = 24 * 3600.0,
+    signing_key: Path | None = None,
 ) -> dict:
-    """SuperLink + one SuperNode per site (TLS, node auth), the run to the end, all stopped."""
-    run_cfg = deployment_config(cfg, out, len(sites), resume=cfg.resume)
+    """SuperLink + nginx + one SuperNode per site (TLS, node auth, signed app), the run to the
+    end, all stopped. ``sites``: site → its preflight split sizes (``{"train": n, "val": m}``)."""
+    root = Path(out).resolve() / "deployment"
+    run_cfg = deployment_config(
+        cfg, out, len(sites), resume=cfg.resume, sites_file=root / "sites.json"
+    )
     Path(run_cfg.out).mkdir(parents=True, exist_ok=True)
-    with LocalDeployment(Path(run_cfg.out) / "deployment", echo=echo) as dep:
-        dep.start_superlink()
-        for site in sites:
-            node_id = dep.register(site)
+    audit = Path(run_cfg.out) / AUDIT_FILE
+    with LocalDeployment(root, echo=echo, audit_path=audit) as dep:
+        dep.start()
+        for site, sizes in sites.items():
+            node_id = dep.register(site, train=sizes.get("train", 0), val=sizes.get("val", 0))
             echo(f"registered {site}: node {node_id}")
         for site in sites:
             dep.start_supernode(site, cache)
         for site in sites:
             dep.wait_connected(site)
             echo(f"SuperNode {site} connected (log: {dep.supernodes[site].log_path})")
-        return dep.run(run_cfg, timeout=timeout)
+        summary = dep.run(run_cfg, timeout=timeout, signing_key=signing_key)
+        dep.audit.append("run_ended", status=summary.get("status"), reason=summary.get("reason"))
+        return summary

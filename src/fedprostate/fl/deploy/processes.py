@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -127,3 +128,25 @@ class ManagedProcess:
             self.popen.wait(timeout=grace)
         self.orphans = []
         self._log.close()
+
+
+def written_after(path: Path, t0: float) -> bool:
+    return path.exists() and path.stat().st_mtime >= t0
+
+
+def follow(
+    proc: ManagedProcess, echo: Callable[[str], None], timeout: float, done: Callable[[], bool]
+) -> None:
+    """Echo a process's log lines as they come until it exits, ``done()`` or the timeout."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while True:
+        text = proc.log_text()
+        for line in text[seen:].splitlines():
+            echo(line)
+        seen = len(text)
+        if not proc.running() or done():
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the run did not finish within {timeout:.0f} s")
+        time.sleep(0.5)
