@@ -89,9 +89,7 @@ def main() -> None:
     pool = load_pool(args.pool)
     cache_crop = int(load_meta(args.cache)["crop"])
     if pool.crops.shape[-1] != cache_crop:
-        raise SystemExit(
-            f"{args.pool} holds {pool.crops.shape[-1]} px crops, {args.cache} {cache_crop} px"
-        )
+        ap.error(f"{args.pool} holds {pool.crops.shape[-1]} px crops, {args.cache} {cache_crop} px")
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for method in args.methods.split(","):

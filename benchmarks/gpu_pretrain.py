@@ -5,13 +5,13 @@ Sized for ~4 minutes of one H200 in all: the unlabeled pool is synthesized on th
 cores (``--synth-unlabeled`` studies, every core, disjoint patients) and cut at the probe cache's
 crop size and spacing; the training epochs are chosen from a 10-step throughput calibration so
 that pre-training fits ``--minutes``; the probe cache travels with the working tree (make it here
-with ``--pack-cache``: reader findings only, ~38 MB). ``--smoke`` runs every step on the CPU with
-tiny sizes (a 3-site federation synthesized and prepared here) so the script can be trusted
-before the GPU is spent.
+with ``--pack-cache``: reader findings only, ~38 MB). ``--tiny`` runs every step on the CPU with
+tiny sizes (swin_test, a few unlabeled studies, seconds of training; without ``--cache`` a 3-site
+federation is synthesized and prepared here) so the script can be trusted before a GPU is spent.
 
     python benchmarks/gpu_pretrain.py --pack-cache /work/data/default-l64 --out runs/gpu/probe-l64
     python benchmarks/gpu_pretrain.py --cache runs/gpu/probe-l64 --out runs/gpu_pretrain --device cuda
-    python benchmarks/gpu_pretrain.py --smoke --out runs/gpu_smoke
+    python benchmarks/gpu_pretrain.py --tiny --device cpu --out runs/gpu_tiny
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--minutes", type=float, default=2.5, help="Pre-training budget.")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--smoke", action="store_true", help="Tiny sizes on the CPU.")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--tiny", action="store_true", help="Tiny sizes on the CPU (a check).")
     args = ap.parse_args()
     con = Console()
     if args.pack_cache:
@@ -138,12 +139,16 @@ def main() -> None:
     t_all = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     workers = os.cpu_count() or 1
-    if args.smoke:
-        args.device, args.minutes, args.batch_size = "cpu", 0.3, 16
+    if args.tiny:
+        args.device, args.arch, args.minutes, args.batch_size = "cpu", "swin_test", 0.02, 16
+        args.synth_unlabeled, args.per_study, args.n_boot = 4, 4, min(args.n_boot, 50)
+    if args.cache is None and not args.tiny:
+        ap.error("give --cache (a probe cache made with --pack-cache) or --tiny")
+    if args.cache is not None and not (args.cache / "index.csv").is_file():
+        ap.error(f"{args.cache} is not a crop cache (no index.csv)")
+    if args.cache is None:
         raw, cache = smoke_data(args.out / "data")
     else:
-        if args.cache is None:
-            raise SystemExit("give --cache (a probe cache made with --pack-cache) or --smoke")
         cache, raw = args.cache, args.out / "raw"
         if not (raw / "unlabeled").is_dir():
             synthesize(raw, sites=1, patients=2, preset="small", unlabeled=args.synth_unlabeled,
@@ -180,7 +185,7 @@ def main() -> None:
                      "device": args.device, "bf16": True, "seconds": round(seconds, 1),
                      "img_per_s": round(float(np.mean(trainer.throughput)), 1)},
         "loss_history": trainer.history})  # fmt: skip
-    probe = evaluate_foundation(ckpt, cache, device=args.device)
+    probe = evaluate_foundation(ckpt, cache, device=args.device, n_boot=args.n_boot)
     update_checkpoint_meta(ckpt, foundation_eval=probe)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     result = {

@@ -90,3 +90,21 @@ def test_foundation_eval_command_writes_json_and_figure(cache, tmp_path):
     assert set(probe) >= {"linear", "knn", "n_findings", "cache"}
     assert probe["linear"]["pretrained"]["test_low"] <= probe["linear"]["pretrained"]["test_auroc"]
     assert ckpt.with_suffix(".loss.png").stat().st_size > 0
+
+
+def test_compare_checkpoints_is_b_minus_a_on_the_same_test_findings(cache, tmp_path):
+    from fedprostate.engine.probe import compare_checkpoints
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path, seed in ((a, 0), (b, 5)):
+        meta = {"arch": "swin_test", "crop": 32, "normalization": "z"}
+        save_checkpoint(path, seeded_backbone(seed), meta)
+    cmp = compare_checkpoints(a, b, cache, n_boot=50)
+    for probe in ("linear", "knn"):
+        alone_a = evaluate_foundation(a, cache, n_boot=50)[probe]["pretrained"]["test_auroc"]
+        alone_b = evaluate_foundation(b, cache, n_boot=50)[probe]["pretrained"]["test_auroc"]
+        assert cmp[probe]["auroc_a"] == pytest.approx(alone_a, abs=1e-4)
+        assert cmp[probe]["auroc_b"] == pytest.approx(alone_b, abs=1e-4)
+        assert cmp[probe]["delta"] == pytest.approx(alone_b - alone_a, abs=2e-4)
+        assert cmp[probe]["low"] <= cmp[probe]["delta"] <= cmp[probe]["high"]
+    assert compare_checkpoints(a, a, cache, n_boot=50)["linear"]["delta"] == 0

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedprostate.config import parse_codec
 from fedprostate.fl import wire
+from fedprostate.fl.client import SiteContext
 from fedprostate.fl.client_app import errors_stay_local
 from fedprostate.fl.config_io import config_from_context
 from fedprostate.fl.pretrain_server import run_pretrain_server
@@ -29,7 +30,8 @@ def make_pretrain_client_app(overrides: dict | None = None) -> ClientApp:
         uplink = str(parse_codec("node config codec", str(node_codec)) if node_codec
                      else cfg.compress.uplink_of(site))  # fmt: skip
         config = msg.content["config"]
-        with errors_stay_local(site, "pre-training"):
+        # no audit log for pre-training yet (state_dir None): errors still stay local
+        with errors_stay_local(SiteContext(site, None, uplink), "pre-training", msg):
             out, metrics = pretrain_round(
                 cfg,
                 site,
