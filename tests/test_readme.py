@@ -52,6 +52,11 @@ BENCH_KNOBS = {
                        "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
     "pretrain_vs_scratch.py": ["--rounds", "1"],
     "bad_input_corpus.py": [],
+    "foundation_probe.py": ["--methods", "dino", "--batch-size", "8", "--max-crops", "64",
+                            "--n-boot", "20", "--quiet"],
+    "federated_pretrain.py": ["--sites", "2", "--rounds", "1", "--batch-size", "8",
+                              "--n-boot", "20"],
+    "gpu_pretrain.py": ["--tiny", "--device", "cpu"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 

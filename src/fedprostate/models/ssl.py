@@ -28,7 +28,7 @@ Views are made by :func:`augment` at the crop size: a random resized crop and a 
 (one affine grid), intensity jitter on T2 and DWI only, Gaussian noise. No colour jitter, grey
 scale or solarisation, and the ADC channel keeps its value: the channels are T2, ADC and DWI,
 and ADC is a physical measurement (a view that rescales it teaches the encoder to ignore the
-strongest sign of csPCa; measured in docs/readme/foundation.md).
+strongest sign of csPCa; a reason, not a measurement: see docs/readme/foundation.md).
 """
 
 from __future__ import annotations
