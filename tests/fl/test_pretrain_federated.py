@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from flwr.app import MetricRecord
 
 from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
@@ -19,6 +20,7 @@ from fedprostate.fl.pretrain_site import (
     site_names,
     site_of_node,
 )
+from fedprostate.fl.replies import PRETRAIN_METRICS, metrics_problem
 from fedprostate.models.foundation import load_foundation
 
 
@@ -57,6 +59,8 @@ def test_a_site_round_trains_the_objective_and_sends_it_through_the_codec(pool_f
     start = global_numpy(build_task(cfg))
     out, metrics = pretrain_round(cfg, "site0", codec, 1, start)
     assert metrics["num-examples"] == site_crops(cfg, "site0").shape[0] and metrics["steps"] > 0
+    # what the pre-training server admits (no labels: no validation AUROC in the reply)
+    assert metrics_problem(MetricRecord(metrics), PRETRAIN_METRICS) is None
     spec = CodecSpec.parse(codec)
     decoded = delta.unpack_uplink(out, spec, start)
     trained = global_numpy(build_task(cfg))  # the cached task now holds the site's weights

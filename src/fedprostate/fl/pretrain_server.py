@@ -21,6 +21,7 @@ from flwr.app import ConfigRecord
 from fedprostate.config import RunConfig
 from fedprostate.fl import wire
 from fedprostate.fl.pretrain_site import build_task, global_numpy, shapes_of
+from fedprostate.fl.replies import PRETRAIN_METRICS
 from fedprostate.fl.strategies import make_strategy
 from fedprostate.records.run_folder import Checkpoint, RunRecorder
 
@@ -35,6 +36,7 @@ def run_pretrain_server(grid, cfg: RunConfig) -> dict:
     task = build_task(cfg)
     arrays = global_numpy(task)
     strategy = make_strategy(cfg.replace(**{"fl.fraction_evaluate": 0.0}), cfg.pretrain.sites)
+    strategy.train_metrics = PRETRAIN_METRICS  # no labels, so no validation AUROC in a reply
     random.seed(cfg.seed)
     offset, wall_before = 0, 0.0
     if cfg.resume and (ckpt := recorder.latest_checkpoint()) is not None:

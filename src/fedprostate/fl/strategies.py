@@ -61,6 +61,8 @@ REPORT_KEY = "report"  # ConfigRecord in each reply: site name and codec (no pat
 class ProjectHooks:
     """Mixin: put it before a Flower strategy in the bases (``class X(ProjectHooks, FedAdam)``)."""
 
+    train_metrics: frozenset[str] = TRAIN_METRICS  # what a training reply carries (whitelist)
+
     def attach(
         self,
         shapes: dict[str, tuple[int, ...]],
@@ -188,7 +190,7 @@ class ProjectHooks:
         if claimed in seen:
             return None, f"a second reply claiming site {claimed!r} in this round"
         metrics = next(iter(content.metric_records.values()))
-        why = metrics_problem(metrics, TRAIN_METRICS if phase == "train" else EVALUATE_METRICS)
+        why = metrics_problem(metrics, self.train_metrics if phase == "train" else EVALUATE_METRICS)
         if why:
             return None, why
         n, why, capped = checked_count(metrics["num-examples"], cap)
@@ -254,7 +256,7 @@ class ProjectHooks:
         def run(items: list[dict]):
             for item in items:  # fresh records each attempt: strategies may consume them
                 metrics = MetricRecord(
-                    {k: v for k, v in item["entry"].items() if k in TRAIN_METRICS}
+                    {k: v for k, v in item["entry"].items() if k in self.train_metrics}
                 )
                 arrays = wire.to_record(item["tensors"])
                 item["msg"].content = RecordDict({"arrays": arrays, "metrics": metrics})
