@@ -59,6 +59,11 @@ BENCH_KNOBS = {
     "gpu_study_slice.py": ["--sites", "2", "--patients", "8", "--rounds", "1", "--device", "cpu"],
     "privacy.py": ["--sites", "3", "--patients", "20", "--rounds", "1", "--steps", "1",
                    "--eps", "8"],
+    "foundation_probe.py": ["--methods", "dino", "--batch-size", "8", "--max-crops", "64",
+                            "--n-boot", "20", "--quiet"],
+    "federated_pretrain.py": ["--sites", "2", "--rounds", "1", "--batch-size", "8",
+                              "--n-boot", "20"],
+    "gpu_pretrain.py": ["--tiny", "--device", "cpu"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 

@@ -9,6 +9,7 @@ _COMMAND_MODULES = (
     "fedprostate.commands.data_synth",
     "fedprostate.commands.data_prepare",
     "fedprostate.commands.pretrain",
+    "fedprostate.commands.foundation",
     "fedprostate.commands.runs",
     "fedprostate.commands.study",
     "fedprostate.commands.bundle",

@@ -1,7 +1,8 @@
 """Typed run configuration: one frozen dataclass per group, TOML files and dotted overrides.
 
 A run is described by a TOML file with tables ``[data]``, ``[model]``, ``[finetune]``,
-``[train]``, ``[fl]``, ``[compress]``, ``[eval]``, ``[distill]``, ``[track]`` and ``[privacy]``. Every key can be overridden
+``[train]``, ``[fl]``, ``[compress]``, ``[eval]``, ``[distill]``, ``[track]``, ``[privacy]`` and
+``[pretrain]`` (federated pre-training). Every key can be overridden
 on the command line as ``--set group.key=value`` and travels through Flower's run config as the
 same dotted key (``fl.rounds``), so the configuration is parsed once, in one place, into
 :class:`RunConfig`.
@@ -31,7 +32,7 @@ from fedprostate.compress.spec import CodecSpec
 ARCHS = (
     "swin_tiny", "resnet50", "vit_small", "vit_base", "swin_test", "vit_test", "resnet_test",
     "resnet18", "mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "swin_mini",
-    "student_test",
+    "student_test", "vit_base_clip", "vit_clip_test",
 )  # fmt: skip
 METHODS = ("full", "linear", "adapter", "lora", "ffa-lora")
 PARTITIONS = ("natural", "iid", "dirichlet", "loso")
@@ -42,6 +43,7 @@ STRATEGIES = (
 # Robust aggregators that assume up to ``fl.num_malicious`` Byzantine sites.
 BYZANTINE_STRATEGIES = ("krum", "multikrum", "bulyan")
 THRESHOLD_RULES = ("youden", "sens90")
+SSL_METHODS = ("simmim", "simclr", "dino")  # self-supervised pre-training (models/ssl.py)
 SCHEDULES = ("constant", "cosine")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 # Where a finding comes from (data/study.py explains each). Headline metrics count what a reader
@@ -471,6 +473,27 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """Federated self-supervised pre-training (``fedprostate pretrain --federated``).
+
+    pool: the unlabeled pool (``.safetensors`` from ``fedprostate data pool``), split by study
+    across ``sites`` sites (a hash of the study key and ``seed``: whole studies per site).
+    method: simmim | simclr | dino. weight_decay: AdamW's, for the local SSL steps.
+    Local work per round, learning rate, batch size and device are ``train.*``.
+    """
+
+    pool: str = ""
+    method: str = "dino"
+    sites: int = 4
+    weight_decay: float = 0.05
+
+    def __post_init__(self) -> None:
+        _choice("pretrain.method", self.method, SSL_METHODS)
+        _check("pretrain.sites", self.sites, self.sites >= 1, ">= 1")
+        _check("pretrain.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     out: str = ""  # run folder (absolute); set by the commands
@@ -486,6 +509,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def __post_init__(self) -> None:
         _check("keep_last", self.keep_last, self.keep_last >= 0, ">= 0 (0 = keep every round)")

@@ -53,8 +53,7 @@ def test_simclr_trains_resnet_and_simmim_refuses_it():
 
 
 def test_pretrain_command_writes_checkpoint_metadata_and_curve(tmp_path):
-    import fedprostate.commands.pretrain  # noqa: F401  registers the command
-    from fedprostate.cli_app import app
+    from fedprostate.cli import app  # every command, with the user-error guard
 
     data = tmp_path / "crops.safetensors"
     save_file({"crops": smooth_crops(n=8).half()}, str(data))
@@ -83,13 +82,16 @@ def test_pretrain_command_writes_checkpoint_metadata_and_curve(tmp_path):
     assert len(meta["loss_history"]) == 2 and meta["pretrain"]["n_crops"] == 8
     assert out.with_suffix(".loss.png").stat().st_size > 0
     assert backbone_sha256(load_foundation(out, "swin_test", 32)) == meta["sha256"]
-    bad = CliRunner().invoke(app, [*args[:6], "64", *args[7:]])
+    assert out.with_suffix(".state.pt").is_file()  # resumable after every epoch
+    again = CliRunner().invoke(app, args)  # a state is there: never silently restarted
+    assert again.exit_code == 2 and "--resume" in again.output
+    other = [str(tmp_path / "other.safetensors") if a == str(out) else a for a in args]
+    bad = CliRunner().invoke(app, [*other[:6], "64", *other[7:]])
     assert bad.exit_code != 0 and "expected [N, 3, 64, 64]" in bad.output
 
 
 def test_pretrain_command_reads_a_folder_of_unlabeled_studies_without_labels(tmp_path):
-    import fedprostate.commands.pretrain  # noqa: F401  registers the command
-    from fedprostate.cli_app import app
+    from fedprostate.cli import app  # every command, with the user-error guard
     from mri_fixtures import picai_phantoms, write_picai
 
     root = write_picai(tmp_path / "raw", picai_phantoms(2))
@@ -124,7 +126,7 @@ def test_simclr_views_flip_left_right_and_never_anterior_posterior():
     view keeps anterior above posterior (random crop, jitter and noise keep the ramp's sign);
     about half the views are mirrored left-right. Mutants: the flip applied to the vertical
     axis (theta[1, 1]) or to both, or no flip at all -> fail."""
-    from fedprostate.models.pretrain import augment
+    from fedprostate.models.ssl import augment
 
     ramp = torch.linspace(1.0, -1.0, 32)
     x = torch.zeros(200, 3, 32, 32)
@@ -136,3 +138,62 @@ def test_simclr_views_flip_left_right_and_never_anterior_posterior():
     left, right = out[:, 1, :, :8].mean((1, 2)), out[:, 1, :, -8:].mean((1, 2))
     mirrored = (left > right).float().mean()
     assert 0.35 < mirrored < 0.65
+
+
+class StopTrainingError(Exception):
+    pass
+
+
+def test_resumed_pretraining_is_the_uninterrupted_run_bit_for_bit():
+    from fedprostate.models.pretrain import Pretrainer, PretrainSettings
+
+    crops = smooth_crops(n=12)
+    settings = PretrainSettings("dino", epochs=3, batch_size=4, lr=1e-3, seed=1)
+    whole = Pretrainer("swin_test", 32, settings)
+    whole.fit(crops, progress=False)
+
+    saved = {}
+
+    def stop_after_one(trainer):
+        saved["state"] = trainer.state_dict()
+        raise StopTrainingError
+
+    first = Pretrainer("swin_test", 32, settings)
+    with pytest.raises(StopTrainingError):
+        first.fit(crops, progress=False, on_epoch=stop_after_one)
+    again = Pretrainer("swin_test", 32, settings)
+    again.load_state_dict(saved["state"])
+    assert again.epoch == 1
+    again.fit(crops, progress=False)
+    assert again.history == whole.history
+    assert backbone_sha256(again.encoder()) == backbone_sha256(whole.encoder())
+
+
+def test_a_state_of_another_method_arch_or_crop_is_refused_by_name():
+    from fedprostate.models.pretrain import Pretrainer, PretrainSettings, PretrainStateError
+
+    state = Pretrainer("swin_test", 32, PretrainSettings("simmim", epochs=1)).state_dict()
+    for arch, crop, method, named in (("swin_test", 32, "dino", "method 'simmim'"),
+                                      ("vit_test", 32, "simmim", "arch 'swin_test'"),
+                                      ("swin_test", 64, "simmim", "crop 32")):  # fmt: skip
+        with pytest.raises(PretrainStateError, match=named):
+            Pretrainer(arch, crop, PretrainSettings(method, epochs=1)).load_state_dict(state)
+
+
+def test_learning_rate_warms_up_then_decays_on_a_cosine():
+    from fedprostate.models.pretrain import lr_at
+
+    lrs = [lr_at(step, 100, 10, 1.0) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] == pytest.approx(0.01, abs=0.002)
+
+
+def test_bf16_autocast_path_runs():
+    from fedprostate.models.pretrain import Pretrainer, PretrainSettings
+
+    settings = PretrainSettings("simclr", epochs=1, batch_size=4, bf16=True)
+    assert settings.autocast and not PretrainSettings(device="cpu").autocast
+    assert PretrainSettings(device="cuda").autocast  # on by default on a GPU
+    history = Pretrainer("swin_test", 32, settings).fit(smooth_crops(n=8), progress=False)
+    assert torch.isfinite(torch.tensor(history)).all()

@@ -23,7 +23,7 @@ def synth_command(
         0, help="Extra unlabeled studies for self-supervised pre-training."
     ),
     workers: int | None = typer.Option(
-        None, help="Processes (default: 2 for default preset, else 1)."
+        None, help="Processes (default: 2 for the default preset or from 200 studies, else 1)."
     ),
 ) -> None:
     """Write a realistic synthetic multi-site bpMRI federation in a real public layout."""

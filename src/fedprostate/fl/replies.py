@@ -19,6 +19,7 @@ from fedprostate.compress.codecs import CodecSpec
 from fedprostate.fl import wire
 
 TRAIN_METRICS = frozenset({"num-examples", "train-loss", "val-auroc", "val-n", "steps"})
+PRETRAIN_METRICS = frozenset({"num-examples", "train-loss", "steps"})  # self-supervised rounds
 EVALUATE_METRICS = frozenset({"num-examples", "auroc", "ap", "loss"})
 MAX_EXAMPLES = 10**9  # beyond any hospital; a bound even without a registered size
 

@@ -17,6 +17,7 @@ from flwr.simulation import run_simulation
 
 from fedprostate.config import RunConfig
 from fedprostate.fl.client_app import make_client_app
+from fedprostate.fl.pretrain_apps import make_pretrain_client_app, make_pretrain_server_app
 from fedprostate.fl.server_app import make_server_app
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -42,9 +43,16 @@ def plain_flower_log():
         update_console_handler(colored=True)
 
 
-def simulate(cfg: RunConfig, num_clients: int, verbose: bool = False) -> None:
-    """Run the ServerApp and ``num_clients`` ClientApps of ``cfg`` (paths already absolute)."""
+def simulate(
+    cfg: RunConfig, num_clients: int, verbose: bool = False, pretrain: bool = False
+) -> None:
+    """Run the ServerApp and ``num_clients`` ClientApps of ``cfg`` (paths already absolute):
+    federated fine-tuning, or federated self-supervised pre-training with ``pretrain``."""
     flat = cfg.to_flat()
+    if pretrain:
+        server_app, client_app = make_pretrain_server_app(flat), make_pretrain_client_app(flat)
+    else:
+        server_app, client_app = make_server_app(flat), make_client_app(flat)
     cpus = os.cpu_count() or 2
     backend_config = {
         "client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": 0.0},
@@ -52,8 +60,8 @@ def simulate(cfg: RunConfig, num_clients: int, verbose: bool = False) -> None:
     }
     with plain_flower_log():
         run_simulation(
-            server_app=make_server_app(flat),
-            client_app=make_client_app(flat),
+            server_app=server_app,
+            client_app=client_app,
             num_supernodes=num_clients,
             backend_config=backend_config,
             verbose_logging=verbose,

@@ -66,6 +66,7 @@ class ProjectHooks:
     """Mixin: put it before a Flower strategy in the bases (``class X(ProjectHooks, FedAdam)``)."""
 
     min_sites = 1  # make_strategy sets fl.min_sites
+    train_metrics: frozenset[str] = TRAIN_METRICS  # what a training reply carries (whitelist)
 
     def attach(
         self,

@@ -38,6 +38,8 @@ BACKBONES: dict[str, dict[str, Any]] = {
     "resnet50": {"model": "resnet50", "family": "resnet", "zero_init_last": False},
     "vit_small": {"model": "vit_small_patch16_224", "family": "vit"},
     "vit_base": {"model": "vit_base_patch16_224", "family": "vit"},
+    # the CLIP image tower (LayerNorm before the blocks): open_clip's own / OpenAI ViT-B/16 load here
+    "vit_base_clip": {"model": "vit_base_patch16_clip_224", "family": "vit"},
     "swin_test": {
         "model": "swin_tiny_patch4_window7_224",
         "family": "swin",
@@ -47,6 +49,14 @@ BACKBONES: dict[str, dict[str, Any]] = {
     },
     "vit_test": {
         "model": "vit_small_patch16_224",
+        "family": "vit",
+        "embed_dim": 32,
+        "depth": 3,
+        "num_heads": 2,
+        "mlp_ratio": 2.0,
+    },
+    "vit_clip_test": {
+        "model": "vit_base_patch16_clip_224",
         "family": "vit",
         "embed_dim": 32,
         "depth": 3,

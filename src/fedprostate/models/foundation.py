@@ -6,29 +6,36 @@ hub model given as ``timm:<name>`` or ``hf-hub:<repo>``.
 
 Adaptation, against a reference ``create_backbone(arch, crop)``:
 * keys: ``module.``, ``backbone.``, ``encoder.`` prefixes stripped; wrapper dicts (``state_dict``,
-  ``model``) unwrapped; non-persistent Swin buffers (``relative_position_index``, ``attn_mask``)
+  ``model``) unwrapped; the public layouts of ``layouts.py`` (torchvision and RadImageNet
+  ResNet-50, open_clip/BiomedCLIP and OpenAI-CLIP ViT-B/16) mapped onto timm's names, a layout of
+  another family than the architecture refused by name; non-persistent Swin buffers (``relative_position_index``, ``attn_mask``)
   dropped; a classifier head of another shape (e.g. 1000 ImageNet classes) dropped (it starts fresh);
 * input convolution: channel count adapted (``timm.models.adapt_input_conv``), ViT patch kernel
   resampled when the patch size differs (``timm.layers.resample_patch_embed``);
 * ViT ``pos_embed`` resampled to the token grid of the crop (``resample_abs_pos_embed``), Swin
   ``relative_position_bias_table`` resized to the window (``resize_rel_pos_bias_table``).
-Anything still missing, unexpected or mis-shaped raises ``FoundationError`` naming the keys.
+Anything still missing, unexpected or mis-shaped raises ``FoundationError`` naming the keys and
+the detected layout; so does a truncated or corrupt file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed, resample_patch_embed, resize_rel_pos_bias_table
 from timm.models import adapt_input_conv
 
-from fedprostate.models.backbones import create_backbone, head_prefixes, input_conv_key
+from fedprostate.models.backbones import create_backbone, family, head_prefixes, input_conv_key
+from fedprostate.models.layouts import clip_hint, detect_layout, to_timm, wrong_family_hint
 
 CHANNELS = ["t2w", "adc", "hbv"]
 _PREFIXES = ("module.", "backbone.", "encoder.")
@@ -41,10 +48,16 @@ class FoundationError(ValueError):
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise FoundationError(
+            f"{path}: unreadable checkpoint (truncated or corrupt? {reason})"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -102,6 +115,13 @@ def adapt_state(
     reference = model.state_dict()
     heads = tuple(head_prefixes(model))
     state = remap_keys(state)
+    layout = detect_layout(state)
+    if hint := wrong_family_hint(layout, family(arch), arch):
+        raise FoundationError(f"{source}: cannot load into {arch}: {hint}")
+    try:
+        state = to_timm(state, layout, model)
+    except ValueError as exc:
+        raise FoundationError(f"{source}: {exc}") from None
     adapted: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key not in reference and key.endswith(_NON_PERSISTENT):
@@ -118,7 +138,7 @@ def adapt_state(
         for k in adapted
         if k in reference and adapted[k].shape != reference[k].shape
     ]
-    problems = []
+    problems = [hint] if (hint := clip_hint(layout, unexpected)) else []
     if unexpected:
         problems.append(f"unexpected keys {unexpected[:8]}")
     if missing:
@@ -126,7 +146,9 @@ def adapt_state(
     if mismatched:
         problems.append(f"shape mismatch (checkpoint vs {arch}@{crop}px) {mismatched[:8]}")
     if problems:
-        raise FoundationError(f"{source}: cannot load into {arch}: " + "; ".join(problems))
+        raise FoundationError(
+            f"{source}: cannot load into {arch} (key layout: {layout}): " + "; ".join(problems)
+        )
     return {k: v.to(reference[k].dtype) for k, v in adapted.items()}
 
 
@@ -200,3 +222,14 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict, meta: dict) -> di
         json.dumps(full_meta, indent=2, default=str) + "\n", encoding="utf-8"
     )
     return full_meta
+
+
+def update_checkpoint_meta(path: str | Path, **entries) -> dict:
+    """Add ``entries`` to the JSON beside a checkpoint (created if absent), written atomically."""
+    meta_path = Path(path).with_suffix(".json")
+    meta = checkpoint_meta(path) or {}
+    meta.update(entries)
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, meta_path)
+    return meta

@@ -1,13 +1,12 @@
-"""Self-supervised pre-training of a backbone on unlabeled crops: SimMIM or SimCLR.
+"""Self-supervised pre-training of a backbone on unlabeled crops (objectives in ``ssl.py``).
 
-* ``simmim`` (Swin, ViT): the crop is divided into mask patches (8 px below 192 px crops, else
-  32 px, always a multiple of the token patch); 60 % of them are replaced, at token level after the
-  patch embedding, by a learned mask token. The encoder's final feature map (stride 32 for Swin,
-  the patch size for ViT) goes through a light linear decoder (1×1 convolution + pixel shuffle)
-  back to pixels, and the loss is the L1 error on the masked pixels only.
-* ``simclr`` (every family, the only one for ResNet): two augmented views (random resized crop by
-  an affine grid, horizontal flip, per-channel intensity scale/shift, Gaussian noise), pooled
-  features → 2-layer projection MLP → NT-Xent loss (temperature 0.2).
+:class:`Pretrainer` holds everything a run needs to continue after an interruption — the
+objective's weights (student, teacher, heads), the AdamW state, the epoch, the loss history and
+every random state — in one :meth:`~Pretrainer.state_dict`; ``fedprostate pretrain`` saves it
+after every epoch and ``--resume`` continues from it, bit for bit the run that was not
+interrupted. The learning rate warms up linearly over the first epoch (at most 10 % of the
+steps) and then follows a cosine to 1 % of ``lr``. On a GPU (``device="cuda"``) the forward
+passes run under bf16 autocast; random numbers are always drawn on the CPU.
 
 Every random draw (initialisation, shuffling, masks, augmentations, dropout) is made under a
 fork of the global RNG seeded with ``seed`` or from explicit generators, so a run is
@@ -16,113 +15,267 @@ reproducible and leaves the caller's RNG state untouched.
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn as nn
-import torch.nn.functional as F  # noqa: N812  (the PyTorch convention)
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fedprostate.models.backbones import create_backbone, family
+from fedprostate.models.backbones import create_backbone
+from fedprostate.models.ssl import SSL_METHODS, make_task
 
-METHODS = ("simmim", "simclr")
+METHODS = SSL_METHODS
 
 
-class SimMIM(nn.Module):
-    """Backbone encoder with a mask token and a linear pixel decoder."""
+class PretrainStateError(ValueError):
+    """A saved pre-training state that does not belong to the run asked for."""
 
-    def __init__(self, backbone: nn.Module, arch: str, crop: int):
-        super().__init__()
-        self.backbone, self.family = backbone, family(arch)
-        if self.family == "swin":
-            embed_dim, out_dim = backbone.embed_dim, backbone.num_features
-            self.token_patch, self.stride = backbone.patch_embed.patch_size[0], 32
-        elif self.family == "vit":
-            embed_dim = out_dim = backbone.embed_dim
-            self.token_patch = self.stride = backbone.patch_embed.patch_size[0]
-        else:
-            raise ValueError(f"SimMIM needs a Swin or ViT backbone, not {arch}; use simclr")
-        self.mask_patch = 32 if crop >= 192 else 8
-        if self.mask_patch % self.token_patch or crop % self.mask_patch:
-            raise ValueError(f"mask patch {self.mask_patch} px does not tile {arch} at {crop} px")
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.decoder = nn.Sequential(
-            nn.Conv2d(out_dim, self.stride**2 * 3, kernel_size=1), nn.PixelShuffle(self.stride)
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    method: str = "simmim"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool | None = None  # bf16 autocast; None = on for CUDA, off elsewhere
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("need epochs >= 1 and batch_size >= 2")
+
+    @property
+    def autocast(self) -> bool:
+        return self.device.startswith("cuda") if self.bf16 is None else self.bf16
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``lr`` to ``lr / 100``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batch bounds over ``n`` items; a 1-item tail batch (breaks SimCLR/BatchNorm) is dropped."""
+    steps = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    return [s for s in steps if s[1] - s[0] >= 2]
+
+
+class Pretrainer:
+    """One self-supervised pre-training run of ``arch`` at ``crop`` px (resumable)."""
+
+    def __init__(
+        self, arch: str, crop: int, settings: PretrainSettings, backbone: nn.Module | None = None
+    ):
+        self.arch, self.crop, self.settings = arch, crop, settings
+        self.device = torch.device(settings.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            if backbone is None:
+                backbone = create_backbone(arch, crop=crop)
+            self.task = make_task(settings.method, backbone, arch, crop).to(self.device)
+            self.torch_rng = torch.get_rng_state()
+        params = [p for p in self.task.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=settings.lr, weight_decay=settings.weight_decay
         )
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.epoch = 0
+        self.history: list[float] = []
+        self.throughput: list[float] = []  # crops per second of each epoch
+        self.n_crops: int | None = None
 
-    def encode(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """Features [B, C, h, w] with masked tokens ([B, gh, gw] bool) replaced by the mask token."""
-        net = self.backbone
-        tokens = net.patch_embed(x)
-        if self.family == "swin":  # NHWC tokens
-            m = token_mask.unsqueeze(-1).to(tokens.dtype)
-            tokens = tokens * (1 - m) + self.mask_token.view(1, 1, 1, -1) * m
-            return net.norm(net.layers(tokens)).permute(0, 3, 1, 2)
-        m = token_mask.flatten(1).unsqueeze(-1).to(tokens.dtype)  # ViT: [B, N, C]
-        tokens = tokens * (1 - m) + self.mask_token * m
-        tokens = net.norm_pre(net.patch_drop(net._pos_embed(tokens)))
-        tokens = net.norm(net.blocks(tokens))[:, net.num_prefix_tokens :]
-        b, gh, gw = token_mask.shape
-        return tokens.reshape(b, gh, gw, -1).permute(0, 3, 1, 2)
+    # ---- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "kind": "fedprostate-pretrain-state",
+            "arch": self.arch,
+            "crop": self.crop,
+            "settings": asdict(self.settings),
+            "epoch": self.epoch,
+            "history": list(self.history),
+            "throughput": list(self.throughput),
+            "n_crops": self.n_crops,
+            "task": {k: v.detach().cpu() for k, v in self.task.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": self.torch_rng,
+        }
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator, ratio: float = 0.6):
-        b, _, h, w = x.shape
-        mh, mw = h // self.mask_patch, w // self.mask_patch
-        n_masked = max(1, round(ratio * mh * mw))
-        order = torch.rand(b, mh * mw, generator=generator).argsort(dim=1)
-        mask = torch.zeros(b, mh * mw, dtype=torch.bool)
-        mask.scatter_(1, order[:, :n_masked], True)
-        mask = mask.view(b, mh, mw)
-        per_token = self.mask_patch // self.token_patch
-        token_mask = mask.repeat_interleave(per_token, 1).repeat_interleave(per_token, 2)
-        pixel_mask = mask.repeat_interleave(self.mask_patch, 1).repeat_interleave(
-            self.mask_patch, 2
+    def check_compatible(self, state: dict, source: str = "state") -> None:
+        """Refuse a state of another method, backbone or crop (named in the message)."""
+        if state.get("kind") != "fedprostate-pretrain-state":
+            raise PretrainStateError(f"{source}: not a fedprostate pre-training state")
+        saved = state["settings"]
+        for what, mine, theirs in (
+            ("method", self.settings.method, saved.get("method")),
+            ("arch", self.arch, state.get("arch")),
+            ("crop", self.crop, state.get("crop")),
+        ):
+            if mine != theirs:
+                raise PretrainStateError(
+                    f"{source}: cannot resume: it was pre-trained with {what} {theirs!r}, "
+                    f"this run asks for {mine!r}"
+                )
+
+    def load_state_dict(self, state: dict, source: str = "state") -> None:
+        self.check_compatible(state, source)
+        self.task.load_state_dict(state["task"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.torch_rng = state["torch_rng"]
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.throughput = list(state.get("throughput", []))
+        self.n_crops = state.get("n_crops")
+
+    # ---- training ------------------------------------------------------------------------
+    def fit(
+        self,
+        crops: torch.Tensor,
+        progress: bool = True,
+        on_epoch: Callable[[Pretrainer], None] | None = None,
+    ) -> list[float]:
+        """Train from the current epoch up to ``settings.epochs`` on crops [N, 3, H, H]; call
+        ``on_epoch(self)`` after each epoch (e.g. to save a resumable state)."""
+        check_crops(crops, self.crop)
+        n = int(crops.shape[0])
+        if self.n_crops is not None and self.n_crops != n:
+            raise PretrainStateError(
+                f"cannot resume: the state was trained on {self.n_crops} crops, this pool has {n}"
+            )
+        self.n_crops = n
+        s = self.settings
+        if self.device.type == "cuda":
+            crops = crops.to(self.device)
+        steps = batches(n, s.batch_size)
+        total = s.epochs * len(steps)
+        warmup = min(len(steps), max(1, total // 10))
+        columns = (
+            TextColumn(f"pretrain {s.method} {self.arch}@{self.crop}px"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
         )
-        recon = self.decoder(self.encode(x, token_mask))
-        weight = pixel_mask.unsqueeze(1).to(x.dtype)
-        return ((recon - x).abs() * weight).sum() / (weight.sum() * x.shape[1])
+        with (
+            torch.random.fork_rng(devices=[]),
+            Progress(*columns, disable=not progress) as bar,
+        ):
+            torch.set_rng_state(self.torch_rng)
+            done = self.epoch * len(steps)
+            bar_task = bar.add_task("pretrain", total=total, completed=done, info="")
+            self.task.train()
+            while self.epoch < s.epochs:
+                mean_loss, rate = self._epoch(crops, steps, done, total, warmup, bar, bar_task)
+                done += len(steps)
+                self.epoch += 1
+                self.history.append(mean_loss)
+                self.throughput.append(rate)
+                self.torch_rng = torch.get_rng_state()
+                if on_epoch is not None:
+                    on_epoch(self)
+            self.task.eval()
+        return self.history
+
+    def _epoch(self, crops, steps, done, total, warmup, bar, bar_task) -> tuple[float, float]:
+        s = self.settings
+        order = torch.randperm(crops.shape[0], generator=self.generator)
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for k, (lo, hi) in enumerate(steps):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(done + k, total, warmup, s.lr)
+            x = crops[order[lo:hi].to(crops.device)].to(self.device).float()
+            value = ssl_step(self.task, self.optimizer, x, self.generator, s.autocast)
+            self.task.after_step((done + k + 1) / total)
+            loss_sum += value
+            seen += hi - lo
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            bar.update(
+                bar_task,
+                advance=1,
+                info=f"epoch {self.epoch + 1}/{s.epochs} loss {value:.4f} {rate:.0f} img/s",
+            )
+        return loss_sum / len(steps), seen / max(time.perf_counter() - t0, 1e-9)
+
+    def encoder(self) -> nn.Module:
+        """The backbone to keep (DINO: the teacher), on the CPU."""
+        return self.task.encoder().to("cpu")
 
 
-class SimCLR(nn.Module):
-    """Backbone + projection MLP, NT-Xent over two augmented views."""
-
-    def __init__(self, backbone: nn.Module, temperature: float = 0.2, proj_dim: int = 128):
-        super().__init__()
-        self.backbone, self.temperature = backbone, temperature
-        width = backbone.num_features
-        self.projector = nn.Sequential(
-            nn.Linear(width, 256), nn.ReLU(inplace=True), nn.Linear(256, proj_dim)
-        )
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
-        return F.normalize(self.projector(feats), dim=1)
-
-    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        z = self.embed(torch.cat([augment(x, generator), augment(x, generator)]))
-        n = x.shape[0]
-        sim = z @ z.T / self.temperature
-        sim.fill_diagonal_(float("-inf"))
-        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
-        return F.cross_entropy(sim, targets)
+def ssl_step(task: nn.Module, optimizer, x: torch.Tensor, generator, autocast: bool) -> float:
+    """One optimizer step of the objective on batch ``x``; the loss (finite, else an error)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = task.loss(x, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    value = float(loss.item())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"pre-training loss became {value}: lower the learning rate")
+    return value
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random resized crop + flip (affine grid), per-channel intensity jitter, Gaussian noise."""
-    b, c = x.shape[:2]
+def local_round(
+    task: nn.Module,
+    crops: torch.Tensor,
+    epochs: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    generator: torch.Generator,
+    span: tuple[float, float] = (0.0, 1.0),
+    device: str = "cpu",
+    autocast: bool = False,
+) -> tuple[float, int]:
+    """A site's local work in federated pre-training: ``epochs`` epochs over ``crops`` (or
+    ``steps`` steps when ``epochs`` is 0) with a fresh AdamW at ``lr``; DINO's teacher momentum
+    follows the run's progress from ``span[0]`` to ``span[1]``. Returns (mean loss, steps)."""
+    check_crops(crops)
+    n = int(crops.shape[0])
+    plan: list[tuple[torch.Tensor, int, int]] = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        plan += [(order, lo, hi) for lo, hi in batches(n, batch_size)]
+    while len(plan) < steps and not epochs:
+        order = torch.randperm(n, generator=generator)
+        plan += [(order, lo, hi) for lo, hi in batches(n, batch_size)][: steps - len(plan)]
+    params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    task.to(device).train()
+    total = 0.0
+    for k, (order, lo, hi) in enumerate(plan):
+        x = crops[order[lo:hi]].to(device).float()
+        total += ssl_step(task, optimizer, x, generator, autocast)
+        task.after_step(span[0] + (span[1] - span[0]) * (k + 1) / len(plan))
+    task.eval()
+    return total / len(plan), len(plan)
 
-    def uniform(lo, hi, *shape):
-        return lo + (hi - lo) * torch.rand(*shape, generator=generator)
 
-    scale = uniform(0.6, 1.0, b)
-    shift_x, shift_y = (uniform(-1, 1, b) * (1 - scale) for _ in range(2))
-    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = scale * flip, shift_x
-    theta[:, 1, 1], theta[:, 1, 2] = scale, shift_y
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out = out * uniform(0.8, 1.2, b, c, 1, 1) + uniform(-0.1, 0.1, b, c, 1, 1)
-    return out + 0.05 * torch.randn(out.shape, generator=generator)
+def task_state(task: nn.Module) -> dict[str, torch.Tensor]:
+    """Every floating-point tensor of the objective (student, teacher, heads, DINO's centre):
+    what a federated round sends. Integer buffers (BatchNorm's step count) stay local."""
+    return {
+        k: v.detach().cpu().float() for k, v in task.state_dict().items() if v.is_floating_point()
+    }
+
+
+def check_crops(crops: torch.Tensor, crop: int | None = None) -> None:
+    if crops.ndim != 4 or crops.shape[1] != 3 or crops.shape[2] != crops.shape[3]:
+        raise ValueError(f"crops must be [N, 3, H, H], got {tuple(crops.shape)}")
+    if crop is not None and crops.shape[-1] != crop:
+        raise ValueError(f"crops are {crops.shape[-1]} px, the backbone is built for {crop} px")
+    if crops.shape[0] < 2:
+        raise ValueError(f"need at least 2 crops to pre-train, got {crops.shape[0]}")
 
 
 def pretrain(
@@ -136,47 +289,13 @@ def pretrain(
     progress: bool = True,
     backbone: nn.Module | None = None,
     weight_decay: float = 0.05,
+    device: str = "cpu",
 ) -> tuple[nn.Module, list[float]]:
-    """Pre-train ``arch`` (or continue ``backbone``) on crops [N, 3, H, W]; return it and the
-    mean loss of every epoch. The returned backbone keeps its (untrained) classifier head."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if crops.ndim != 4 or crops.shape[1] != 3 or crops.shape[2] != crops.shape[3]:
-        raise ValueError(f"crops must be [N, 3, H, H], got {tuple(crops.shape)}")
-    if epochs < 1 or batch_size < 2 or crops.shape[0] < 2:
-        raise ValueError("need epochs >= 1, batch_size >= 2 and at least 2 crops")
-    crop = crops.shape[-1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if backbone is None:
-            backbone = create_backbone(arch, crop=crop)
-        task = SimMIM(backbone, arch, crop) if method == "simmim" else SimCLR(backbone)
-        optimizer = torch.optim.AdamW(task.parameters(), lr=lr, weight_decay=weight_decay)
-        generator = torch.Generator().manual_seed(seed)
-        history = _train(task, crops, epochs, batch_size, optimizer, generator, progress, method)
-    return backbone, history
-
-
-def _train(task, crops, epochs, batch_size, optimizer, generator, progress, method) -> list[float]:
-    n = crops.shape[0]
-    steps = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    steps = [s for s in steps if s[1] - s[0] >= 2]  # a 1-crop tail batch breaks SimCLR/BatchNorm
-    history: list[float] = []
-    task.train()
-    columns = (TextColumn(f"pretrain {method}"), BarColumn(), TextColumn("{task.fields[info]}"))
-    with Progress(*columns, TimeRemainingColumn(), disable=not progress) as bar:
-        bar_task = bar.add_task("pretrain", total=epochs * len(steps), info="")
-        for epoch in range(epochs):
-            order = torch.randperm(n, generator=generator)
-            total = 0.0
-            for lo, hi in steps:
-                x = crops[order[lo:hi]].float()
-                loss = task.loss(x, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item()
-                bar.update(bar_task, advance=1, info=f"epoch {epoch + 1} loss {loss.item():.4f}")
-            history.append(total / len(steps))
-    task.eval()
-    return history
+    """Pre-train ``arch`` (or continue ``backbone``) on crops [N, 3, H, W]; return the encoder
+    to keep and the mean loss of every epoch. The returned backbone keeps its (untrained)
+    classifier head."""
+    check_crops(crops)
+    settings = PretrainSettings(method, epochs, batch_size, lr, weight_decay, seed, device)
+    trainer = Pretrainer(arch, int(crops.shape[-1]), settings, backbone)
+    history = trainer.fit(crops, progress=progress)
+    return trainer.encoder(), history

@@ -29,7 +29,7 @@ from safetensors.numpy import load_file, save_file
 from fedprostate.records import predictions
 from fedprostate.records.tracking import Tracking
 
-RUN_KINDS = ("federated", "centralized", "local")
+RUN_KINDS = ("federated", "centralized", "local", "federated-pretrain")
 STATUSES = ("finished", "failed")
 SUMMARY_KEYS = ("kind", "status", "rounds", "method", "arch", "wall_s")  # every summary
 

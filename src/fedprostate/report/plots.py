@@ -213,3 +213,37 @@ def png_to_data_uri(path) -> str:
     if not data.startswith(b"\x89PNG"):
         raise ValueError(f"{path} is not a PNG file")
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def loss_curve(
+    history: Sequence[float],
+    path,
+    title: str,
+    xlabel: str = "epoch",
+    probe: Mapping | None = None,
+) -> Path:
+    """Pre-training loss per epoch (or round); with a foundation evaluation (``engine.probe``)
+    its linear-probe and kNN test AUROCs, pre-trained vs random init, written under the curve."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8 if probe else 3.2))
+    ax.plot(range(1, len(history) + 1), history, marker="o", markersize=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    if probe:
+        lines = []
+        for name in ("linear", "knn"):
+            p = probe.get(name)
+            if p:
+                d = p["delta"]
+                lines.append(
+                    f"{name} probe test AUROC {p['pretrained']['test_auroc']:.3f} vs random "
+                    f"{p['random']['test_auroc']:.3f} (Δ {d['delta']:+.3f} "
+                    f"[{d['low']:+.3f}, {d['high']:+.3f}])"
+                )
+        fig.text(0.02, 0.02, "\n".join(lines), fontsize=7, family="monospace")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(rect=(0, 0.16 if probe else 0, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -168,7 +168,8 @@ def read_failure_reason(path: str | Path, exc: Exception, messages: list[str]) -
     info.SetFileName(str(path))
     extra = "; ".join(m for m in messages if m)
     try:
-        info.ReadImageInformation()
+        with native_messages():  # what ITK prints about the header is in the exception too
+            info.ReadImageInformation()
     except RuntimeError as header_exc:
         detail = clean_message(str(header_exc)) or "unknown format"
         return f"header unreadable: {detail}"

@@ -46,6 +46,7 @@ from fedprostate.data.synth.writers import (
 LAYOUTS = ("picai", "prostatex")
 CASE_LEVEL_ONLY_FRACTION = 0.08  # positives whose lesion mask is blank (case-level label only)
 UNLABELED_PREVALENCE = 0.3
+POOL_WORKERS_FROM = 200  # studies from which `workers` defaults to 2 processes on any preset
 STUDIES = Path("truth/studies.csv")  # every labelled study with its case label (both layouts)
 _FIRST_PATIENT_ID = 10000
 _FIRST_STUDY_ID = 1000000
@@ -158,7 +159,8 @@ def synthesize(
 ) -> SynthReport:
     """Write a synthetic federation under ``out``. ``sites``/``patients`` default to the preset's
     (default: 17 sites, 2040 patients; small: 5 sites, 100 patients). ``workers`` defaults to 2
-    processes for the default preset and 1 (in-process) for small. ``progress(done, total)``."""
+    processes for the default preset or from ``POOL_WORKERS_FROM`` studies on, else 1
+    (in-process). ``progress(done, total)``."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
     if unlabeled < 0:
@@ -174,7 +176,8 @@ def synthesize(
     start = time.perf_counter()
     tasks = _tasks(profiles, seed, unlabeled)
     args = [(t, str(root), seed, layout) for t in tasks]
-    workers = (2 if preset == "default" else 1) if workers is None else workers
+    if workers is None:  # a big unlabeled pool is worth a second process on any preset
+        workers = 2 if preset == "default" or len(args) >= POOL_WORKERS_FROM else 1
     results = []
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
