@@ -43,6 +43,12 @@ STRATEGIES = (
 BYZANTINE_STRATEGIES = ("krum", "multikrum", "bulyan")
 THRESHOLD_RULES = ("youden", "sens90")
 SCHEDULES = ("constant", "cosine")
+# Arithmetic of training and scoring: "auto" = bf16 autocast on a CUDA device, fp32 elsewhere
+# (CPU results stay bit-reproducible unless bf16 is asked for; docs/readme/speed.md measures it).
+PRECISIONS = ("auto", "fp32", "bf16")
+# torch.compile of the model: "auto" = on a CUDA device only (compiling on CPU costs minutes per
+# process and gains little there, see docs/readme/speed.md).
+COMPILE_MODES = ("auto", "on", "off")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 # Where a finding comes from (data/study.py explains each). Headline metrics count what a reader
 # marked or the label-free rule proposed (organ slices in organ mode); "sampled" normal tissue is
@@ -50,7 +56,7 @@ DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 FINDING_SOURCES = ("reader", "proposal", "sampled", "organ")
 HEADLINE_SOURCES = ("reader", "proposal")
 APART_SOURCES = ("sampled",)
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp")
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp", "lora_stages")
 ADAPTER_KEYS = ("adapter_dim", "adapter_blocks")
 
 
@@ -136,6 +142,8 @@ class FinetuneConfig:
     method: full | linear | adapter | lora | ffa-lora.
     lora_r / lora_alpha / lora_dropout: LoRA rank, scaling numerator (scale = alpha / r), dropout.
     lora_mlp: also put LoRA on the transformer MLPs (fc1, fc2); ignored for ResNet.
+    lora_stages: LoRA only in the last N of the backbone's 4 stages (0 = every stage). Nothing
+    before the first adapted stage trains, so the backward pass stops there (cheaper steps).
     adapter_dim: adapter bottleneck width. adapter_blocks: how many final-stage blocks get one.
     local_norms: FedBN-style: normalisation layers train but stay on the client.
     """
@@ -145,6 +153,7 @@ class FinetuneConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_mlp: bool = False
+    lora_stages: int = 0
     adapter_dim: int = 64
     adapter_blocks: int = 2
     local_norms: bool = False
@@ -154,6 +163,9 @@ class FinetuneConfig:
         _check("finetune.lora_r", self.lora_r, self.lora_r >= 1, ">= 1")
         _check("finetune.lora_alpha", self.lora_alpha, self.lora_alpha > 0, "> 0")
         _check("finetune.lora_dropout", self.lora_dropout, 0 <= self.lora_dropout < 1, "[0, 1)")
+        _check(
+            "finetune.lora_stages", self.lora_stages, 0 <= self.lora_stages <= 4, "0 (all) to 4"
+        )
         _check("finetune.adapter_dim", self.adapter_dim, self.adapter_dim >= 1, ">= 1")
         _check("finetune.adapter_blocks", self.adapter_blocks, self.adapter_blocks >= 1, ">= 1")
 
@@ -178,6 +190,8 @@ class TrainConfig:
     schedule: str = "constant"  # learning rate over rounds: constant | cosine (after warm-up)
     warmup_rounds: int = 0  # linear warm-up of the learning rate over the first rounds
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0 = off)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; see PRECISIONS)
+    compile: str = "auto"  # auto | on | off (torch.compile; see COMPILE_MODES)
 
     def __post_init__(self) -> None:
         _check("train.lr", self.lr, self.lr > 0, "> 0")
@@ -185,6 +199,8 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _check("train.warmup_rounds", self.warmup_rounds, self.warmup_rounds >= 0, ">= 0")
         _check("train.grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0 (0 = off)")
+        _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.compile", self.compile, COMPILE_MODES)
         _check("train.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _check("train.epochs", self.epochs, self.epochs >= 0, ">= 0")
         _check("train.steps", self.steps, self.steps >= 0, ">= 0")
@@ -231,7 +247,8 @@ class FLConfig:
     beta_2: float = 0.99
     round_timeout: float = 3600.0
     eval_every: int = 1  # server-side benchmark test each k rounds (simulation only)
-    client_cpus: float = 1.0  # Ray resources per simulated client
+    client_cpus: float = 1.0  # Ray resources per simulated client: CPUs ...
+    client_gpus: float = 0.0  # ... and GPUs (a fraction shares one GPU between clients)
     # Early stopping on validation: stop after this many scored rounds without a better
     # validation AUROC (0 = run every round). Test data never enters the decision.
     patience: int = 0
@@ -260,6 +277,7 @@ class FLConfig:
         _check("fl.round_timeout", self.round_timeout, self.round_timeout > 0, "> 0 seconds")
         _check("fl.eval_every", self.eval_every, self.eval_every >= 1, ">= 1")
         _check("fl.client_cpus", self.client_cpus, self.client_cpus > 0, "> 0")
+        _check("fl.client_gpus", self.client_gpus, self.client_gpus >= 0, ">= 0 (0 = no GPU)")
         _check("fl.patience", self.patience, self.patience >= 0, ">= 0 (0 = off)")
         _check("fl.clip_norm", self.clip_norm, self.clip_norm >= 0, ">= 0 (0 = off)")
         _check("fl.trim_beta", self.trim_beta, 0 < self.trim_beta < 0.5, "(0, 0.5)")
