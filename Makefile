@@ -7,6 +7,9 @@ OUT ?= runs/demo
 
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export PYTHONHASHSEED := 0
+# UTF-8 whatever the machine's locale (a CI runner may have none): reports, cards and Flower's
+# box-drawing messages are UTF-8.
+export PYTHONUTF8 := 1
 
 .PHONY: demo test test-fast lint bench venv clean docs
 

@@ -15,8 +15,15 @@ from fedprostate.data.cache import write_cache
 
 
 def write_tiny_cache(
-    out: Path, sites=("siteA", "siteB", "siteC"), patients_per_site=12, crop=32, seed=0
+    out: Path,
+    sites=("siteA", "siteB", "siteC"),
+    patients_per_site=12,
+    crop=32,
+    seed=0,
+    beyond_ten=("test",),
 ) -> Path:
+    """Patients 0-9 of a site cycle train/train/train/val/test; later ones cycle ``beyond_ten``
+    (``("val", "test")`` gives a validation split large enough to choose a round on)."""
     rng = np.random.default_rng(seed)
     rows, crops = [], {}
     yy, xx = np.mgrid[:crop, :crop]
@@ -24,7 +31,11 @@ def write_tiny_cache(
     for s_i, site in enumerate(sites):
         site_crops = []
         for p in range(patients_per_site):
-            split = ("train", "train", "train", "val", "test")[p % 5] if p < 10 else "test"
+            split = (
+                ("train", "train", "train", "val", "test")[p % 5]
+                if p < 10
+                else beyond_ten[(p - 10) % len(beyond_ten)]
+            )
             for f in range(2):
                 label = int(rng.random() < 0.4)
                 x = rng.normal(0.5, 0.15, size=(3, crop, crop)) * (1 + 0.1 * s_i)

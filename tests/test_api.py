@@ -24,7 +24,7 @@ def test_import_fedprostate_is_light_and_the_api_loads_on_first_use():
         "print(heavy, fn.__module__, 'torch' in sys.modules)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
                          check=True).stdout.split()  # fmt: skip
     assert out == ["[]", "fedprostate.api", "True"]
 
@@ -69,7 +69,7 @@ def test_a_notebook_session_from_raw_studies_to_detection_maps(tmp_path):
     result = fp.predict(tmp_path / "run" / "bundle", raw, out=tmp_path / "pred",
                         detection_maps=True)  # fmt: skip
     assert len(result["patients"]) == 10 and len(result["detection_maps"]) == 10
-    written = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    written = json.loads((tmp_path / "pred" / "predictions.json").read_text(encoding="utf-8"))
     assert written["detection_maps"][0]["detection_map"].endswith(".nii.gz")
     picai_eval = pytest.importorskip("picai_eval")
     scored = picai_eval.evaluate(

@@ -68,7 +68,7 @@ def test_unknown_backbone_and_unreadable_inputs_are_one_line(tmp_path):
 def test_a_validation_split_of_one_class_is_refused_before_training(tmp_path):
     cache = write_tiny_cache(tmp_path / "cache", sites=("siteA",))
     index = cache / "index.csv"
-    lines = index.read_text().splitlines()
+    lines = index.read_text(encoding="utf-8").splitlines()
     header = lines[0].split(",")
     split, label = header.index("split"), header.index("label")
     rows = [line.split(",") for line in lines[1:]]

@@ -121,7 +121,7 @@ def test_wheel_from_the_clone_installs_offline_into_a_fresh_environment(tmp_path
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = _venv_python(venv)
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+                          check=True, capture_output=True, text=True, encoding="utf-8", errors="replace").stdout.strip()  # fmt: skip
     # the dependencies already installed here, after the new environment's own site-packages
     (Path(site) / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     # --ignore-installed: the stand-in environment holds a fedprostate (the editable clone);
@@ -130,15 +130,15 @@ def test_wheel_from_the_clone_installs_offline_into_a_fresh_environment(tmp_path
                     "--find-links", str(wheelhouse), "fedprostate"],
                    check=True, capture_output=True, env=env)  # fmt: skip
     where = subprocess.run([str(py), "-c", "import fedprostate; print(fedprostate.__file__)"],
-                           check=True, capture_output=True, text=True, env=env).stdout  # fmt: skip
+                           check=True, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env).stdout  # fmt: skip
     assert where.startswith(str(venv)), where  # the installed wheel, not the clone
     version = subprocess.run([str(venv / "bin" / "fedprostate"), "--version"], check=True,
-                             capture_output=True, text=True, env=env).stdout  # fmt: skip
+                             capture_output=True, text=True, encoding="utf-8", errors="replace", env=env).stdout  # fmt: skip
     assert version.strip() == f"fedprostate {fedprostate.__version__}"
-    check = subprocess.run([*pip, "--python", str(py), "check"], capture_output=True, text=True,
+    check = subprocess.run([*pip, "--python", str(py), "check"], capture_output=True, text=True, encoding="utf-8", errors="replace",
                            env=env)  # fmt: skip
     ours = [line for line in check.stdout.splitlines() if line.lower().startswith("fedprostate")]
     assert ours == [], ours
     files = subprocess.run([str(py), "-m", "zipfile", "-l", str(wheel)], capture_output=True,
-                           text=True, check=True).stdout  # fmt: skip
+                           text=True, encoding="utf-8", errors="replace", check=True).stdout  # fmt: skip
     assert "fedprostate/api.py" in files and "licenses/LICENSE" in files

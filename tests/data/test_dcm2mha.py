@@ -57,7 +57,7 @@ def test_picai_prep_converts_and_our_picai_reader_reads_the_same_voxels(
                                       str(tmp_path / "dcm2mha.json"), "--marksheet",
                                       str(out / "marksheet.csv")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    settings = json.loads((tmp_path / "dcm2mha.json").read_text())
+    settings = json.loads((tmp_path / "dcm2mha.json").read_text(encoding="utf-8"))
     settings["options"] = {"num_threads": 1, "verbose": 0}
     picai_prep.Dicom2MHAConverter(
         input_dir=str(dicom), output_dir=str(out / "images"), dcm2mha_settings=settings

@@ -94,7 +94,7 @@ def test_missing_channel_and_unknown_channel_names(tmp_path):
 
 def test_dataset_entry_overrides_the_folder_scan(tmp_path):
     root = write_nnunet(tmp_path / "c", picai_phantoms(n=3), test_cases=0)
-    doc = json.loads((root / "dataset.json").read_text())
+    doc = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     case = sorted(p.name[:-12] for p in (root / "imagesTr").glob("*_0000.nii.gz"))[0]
     doc["dataset"] = {case: {"images": [f"imagesTr/{case}_{i:04d}.nii.gz" for i in range(3)],
                              "label": f"labelsTr/{case}.nii.gz"}}  # fmt: skip

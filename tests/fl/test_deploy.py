@@ -200,7 +200,13 @@ def _outsider(dep: LocalDeployment, tmp_path: Path, args: list[str]) -> subproce
     (home / "config.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
     env = dep.env(home)
     return subprocess.run(
-        [flower_bin("flwr"), *args], env=env, cwd=tmp_path, capture_output=True, text=True
+        [flower_bin("flwr"), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
 
 
@@ -209,7 +215,7 @@ def test_an_outsider_cannot_register_run_stop_or_unregister_at_the_public_addres
 ):
     """Finding 1: anyone who could reach the SuperLink's port could act as coordinator."""
     dep, _ = deployment
-    site_a = json.loads(dep.sites_file.read_text())["nodes"]
+    site_a = json.loads(dep.sites_file.read_text(encoding="utf-8"))["nodes"]
     node_id = next(iter(site_a))
     key = make_node_keys(tmp_path / "keys", "outsider")
     attempts = {
@@ -255,7 +261,7 @@ def test_the_coordinator_registers_a_hospital_from_the_command_line(
     args += ["--train", "30", "--val", "10", "--registry", str(registry), "--audit", str(audit)]
     result = CliRunner().invoke(app, [*args, "--connection", "fedprostate"])
     assert result.exit_code == 0, result.output
-    [(node, entry)] = json.loads(registry.read_text())["nodes"].items()
+    [(node, entry)] = json.loads(registry.read_text(encoding="utf-8"))["nodes"].items()
     assert entry["site"] == "siteZ" and entry["train"] == 30 and entry["val"] == 10
     assert node in dep.flwr(["supernode", "list", "fedprostate", "--format", "json"])
     [event] = AuditLog(audit).read()
@@ -295,4 +301,4 @@ def test_an_app_signed_with_another_key_is_refused_and_the_command_fails(tmp_pat
     assert "no update was aggregated" in result.output
     node_log = (out / "deployment" / "logs" / "supernode_siteA.log").read_text("utf-8")
     assert "FAB verification failed" in node_log
-    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["status"] == "failed"

@@ -53,7 +53,7 @@ def test_flowers_own_verifier_accepts_only_the_consortium_signature(signed):
     trusted = _try_obtain_trusted_entities(trusted_path)  # what --trusted-entities loads
     _validate_public_keys_ed25519(trusted)
     fab = app.fab.read_bytes()
-    verifications = json.loads(app.signature.read_text())["verifications"]
+    verifications = json.loads(app.signature.read_text(encoding="utf-8"))["verifications"]
     assert _verify_fab(_as_the_superlink_stores_it(fab, verifications), trusted)
     # One byte of the app changed after signing (a compromised coordinator or registry).
     tampered = bytearray(fab)
@@ -61,7 +61,7 @@ def test_flowers_own_verifier_accepts_only_the_consortium_signature(signed):
     assert not _verify_fab(_as_the_superlink_stores_it(bytes(tampered), verifications), trusted)
     # The same app re-signed with another key under the consortium's key id.
     resigned = sign_app(app_dir(), other, root / "resigned")
-    forged = json.loads(resigned.signature.read_text())["verifications"]
+    forged = json.loads(resigned.signature.read_text(encoding="utf-8"))["verifications"]
     assert not _verify_fab(_as_the_superlink_stores_it(fab, forged), trusted)
     # An unsigned upload (`flwr run DIR`) carries no verification at all: refused before this.
     assert not Fab("x", fab, {}).verifications.get("valid_license", "")
@@ -111,9 +111,13 @@ def test_the_front_forwards_exactly_the_fleet_routes_a_supernode_needs(tmp_path)
         [nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     assert check.returncode == 0, check.stderr
-    assert "/v1/control" not in conf.read_text() and "register-node" not in conf.read_text()
+    assert "/v1/control" not in conf.read_text(
+        encoding="utf-8"
+    ) and "register-node" not in conf.read_text(encoding="utf-8")
 
 
 def test_the_deployment_never_forces_min_nodes_to_the_site_count(tmp_path):

@@ -162,7 +162,7 @@ def test_registry_files_are_checked(tmp_path):
     with pytest.raises(RegistryError, match="already registered as node 5"):
         register_site(path, 6, "siteA", 10, 4)
     register_site(path, 5, "siteA", 12, 4)  # the same node again: updated, not duplicated
-    assert json.loads(path.read_text())["nodes"]["5"]["train"] == 12
+    assert json.loads(path.read_text(encoding="utf-8"))["nodes"]["5"]["train"] == 12
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(RegistryError, match="bad.json"):
         SiteRegistry.load(tmp_path / "bad.json")

@@ -72,7 +72,10 @@ def test_tensorboard_reads_the_rounds(tmp_path):
     assert _points(events.Scalars("val/auroc")) == [(0, 0.5), (1, 0.8), (2, 0.7)]
     assert [e.value for e in events.Scalars("site/siteA/bytes_up")] == [1000]
     assert {"config/text_summary", "summary/text_summary"} <= set(events.Tags()["tensors"])
-    assert json.loads((run / "tracking.json").read_text())["tensorboard"] == "tensorboard"
+    assert (
+        json.loads((run / "tracking.json").read_text(encoding="utf-8"))["tensorboard"]
+        == "tensorboard"
+    )
 
 
 def test_tensorboard_resume_drops_the_rounds_after_the_checkpoint(tmp_path):
@@ -110,7 +113,7 @@ def test_mlflow_local_sqlite_store_params_metrics_summary_and_artifacts(
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     run = tmp_path / "runs" / "fed"
     _record(run, open_tracking(run, mlflow=True))
-    state = json.loads((run / "tracking.json").read_text())["mlflow"]
+    state = json.loads((run / "tracking.json").read_text(encoding="utf-8"))["mlflow"]
     assert state["uri"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     client = mlflow_client(tracking_uri=state["uri"])
     logged = _only_run(client)
@@ -145,7 +148,7 @@ def test_mlflow_file_store_with_the_env_flag_and_resume_in_the_same_run(
     recorder = RunRecorder(run, tracking)
     recorder.write_config("seed = 0\n", {"seed": 0})
     recorder.append_round(ROUNDS[0])
-    first = json.loads((run / "tracking.json").read_text())["mlflow"]
+    first = json.loads((run / "tracking.json").read_text(encoding="utf-8"))["mlflow"]
     assert first["uri"] == (tmp_path / "mlruns").as_uri()
     resumed = RunRecorder(run, open_tracking(run, mlflow=True, experiment="exp1", resume_after=0))
     resumed.write_config("seed = 0\n", {"seed": 0})  # params already there: not an error

@@ -13,7 +13,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_reply_rejected_means_a_failed_run_and_a_nonzero_exit(tmp_path):
-    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA", "siteB"), patients_per_site=6)
+    # seed 3: both classes among the validation reader findings (a run needs them to start)
+    cache = write_tiny_cache(
+        tmp_path / "cache", sites=("siteA", "siteB"), patients_per_site=6, seed=3
+    )
     # Every site fails to load this teacher, so every training reply is an error reply.
     cfg = tiny_config(cache, **{"fl.rounds": 2, "distill.teacher": str(tmp_path / "no-teacher")})
     with pytest.raises(RunFailedError, match="no update was aggregated in any round"):

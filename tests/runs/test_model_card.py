@@ -57,12 +57,12 @@ def _strings(value):
 def test_exported_card_header_provenance_and_no_absolute_paths(tmp_path):
     cache = write_tiny_cache(tmp_path / "cache", sites=("eu_nijmegen", "us_boston"))
     meta_path = cache / "meta.json"
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta_path.write_text(json.dumps({**meta, "provenance": "synthetic"}))
     run = tmp_path / "run"
     centralize(tiny_config(cache, **{"fl.rounds": 1}), run)
     bundle_meta = export_run(run, run / "bundle", formats=("bundle",), n_boot=20)
-    card = (run / "bundle" / "MODEL_CARD.md").read_text()
+    card = (run / "bundle" / "MODEL_CARD.md").read_text(encoding="utf-8")
     header = _front_matter(card)
     assert header["license"] == "apache-2.0" and header["library_name"] == "timm"
     assert header["datasets"] == ["fedprostate-synthetic"] and "synthetic-data" in header["tags"]
@@ -71,7 +71,7 @@ def test_exported_card_header_provenance_and_no_absolute_paths(tmp_path):
     assert header["sites"] == ["eu_nijmegen", "us_boston"]
     assert header["test_auroc"] == pytest.approx(bundle_meta["test_auroc"]["estimate"])
     assert "invented" in card and "PI-CAI ranking score" in card
-    written = json.loads((run / "bundle" / "bundle.json").read_text())
+    written = json.loads((run / "bundle" / "bundle.json").read_text(encoding="utf-8"))
     assert written["source_run"] == ".." and written["data_provenance"] == "synthetic"
     absolute = [s for s in _strings(written) if Path(s).is_absolute() or str(tmp_path) in s]
     assert absolute == []

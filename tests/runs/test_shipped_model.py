@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from fedprostate.cli import app
 from fedprostate.engine import setup
-from fedprostate.engine.loop import predict_scores
+from fedprostate.engine.loop import headline_mask, predict_scores
+from fedprostate.eval.calibration import apply_temperature
 from fedprostate.eval.metrics import choose_threshold
 from fedprostate.models.bundle import load_bundle
 from fedprostate.runs.export import export_run
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_resume_is_a_noop_and_the_card_describes_the_exported_weights(tmp_path):
-    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA", "siteB"))
+    # seed 4: both classes among the 4 validation reader findings, so a threshold is chosen
+    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA", "siteB"), seed=4)
     cfg = tiny_config(cache, **{"fl.rounds": 3, "fl.server_lr": 0.3})
     run = tmp_path / "run"
     summary = federate(cfg, run)
@@ -62,15 +64,19 @@ def test_resume_is_a_noop_and_the_card_describes_the_exported_weights(tmp_path):
     run_cfg = setup.prepare_run_config(cfg, run)
     scored = {}
     for split in ("val", "test"):
-        scores, labels = predict_scores(model, setup.pooled_dataset(run_cfg, split))
-        scored[split] = (labels, scores)
+        dataset = setup.pooled_dataset(run_cfg, split)
+        scores, labels = predict_scores(model, dataset)
+        keep = headline_mask(dataset)  # the clinical findings, never sampled tissue
+        calibrated = apply_temperature(scores[keep], loaded["temperature"])
+        scored[split] = (labels[keep], calibrated)
+    assert 0 < scored["val"][0].sum() < len(scored["val"][0])  # a threshold can be chosen
     threshold = choose_threshold(*scored["val"], "youden")
     assert loaded["threshold"] == pytest.approx(threshold, abs=1e-6)
     auroc = roc_auc_score(*scored["test"])
     assert loaded["test_auroc"]["estimate"] == pytest.approx(auroc, abs=1e-6)
     card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert re.search(rf"lesion AUROC: {auroc:.3f}", card), card
+    assert re.search(rf"finding-level AUROC: {auroc:.3f}", card), card
     assert f"operating threshold: {threshold:.4f}" in card
-    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["weights_source"] == (
-        "checkpoints/round_0001.safetensors"
-    )
+    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text(encoding="utf-8"))[
+        "weights_source"
+    ] == ("checkpoints/round_0001.safetensors")

@@ -29,13 +29,15 @@ def test_tracked_centralized_run_report_and_bundle(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA", "siteB"))
+    cache = write_tiny_cache(
+        tmp_path / "cache", sites=("siteA", "siteB"), seed=4
+    )  # both classes in val
     cfg = tiny_config(cache, **{"track.tensorboard": True, "track.mlflow": True,
                                 "track.experiment": "tiny"})  # fmt: skip
     run = tmp_path / "runs" / "central"
     summary = centralize(cfg, run)
     assert [s for s, _ in _scalars(run / "tensorboard", "val/auroc")] == [1, 2]
-    state = json.loads((run / "tracking.json").read_text())["mlflow"]
+    state = json.loads((run / "tracking.json").read_text(encoding="utf-8"))["mlflow"]
     client = MlflowClient(tracking_uri=state["uri"])
     logged = client.get_run(state["run_id"])
     assert logged.info.status == "FINISHED" and logged.data.params["model.arch"] == "swin_test"
@@ -56,11 +58,15 @@ def test_federated_run_streams_per_site_bytes_and_keeps_last_and_best(tmp_path):
     pytest.importorskip("tensorboard")
     from fedprostate.runs.federated import federate
 
-    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA", "siteB"))
+    cache = write_tiny_cache(
+        tmp_path / "cache", sites=("siteA", "siteB"), seed=4
+    )  # both classes in val
     cfg = tiny_config(cache, **{"fl.rounds": 3, "keep_last": 1, "track.tensorboard": True})
     run = tmp_path / "fed"
     federate(cfg, run)
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     scored = [e for e in lines if e["round"] > 0]
     best = max(scored, key=lambda e: e["val"]["auroc"])["round"]
     kept = sorted(int(p.stem[6:]) for p in (run / "checkpoints").glob("round_*.json"))

@@ -303,7 +303,14 @@ def register_command(
         fail(f"{key}: no such public key (--key)")
 
     def flwr(args: list[str]) -> str:
-        done = subprocess.run(["flwr", *args], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            ["flwr", *args],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=120,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"flwr {' '.join(args)}: {done.stdout} {done.stderr}")
         return done.stdout

@@ -280,6 +280,8 @@ class LocalDeployment:
             cwd=self.root,
             capture_output=True,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=timeout,
         )
         if done.returncode != 0:

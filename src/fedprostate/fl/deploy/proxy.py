@@ -150,7 +150,13 @@ class FleetProxy:
 
     def start(self, env: dict[str, str], timeout: float = 30.0) -> ManagedProcess:
         check = subprocess.run(
-            [*self.command(), "-t"], capture_output=True, text=True, env=env, timeout=60
+            [*self.command(), "-t"],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=env,
+            timeout=60,
         )
         if check.returncode != 0:
             raise ProxyUnavailableError(f"nginx refused {self.conf}:\n{check.stderr[-2000:]}")
