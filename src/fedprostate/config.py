@@ -163,9 +163,7 @@ class FinetuneConfig:
         _check("finetune.lora_r", self.lora_r, self.lora_r >= 1, ">= 1")
         _check("finetune.lora_alpha", self.lora_alpha, self.lora_alpha > 0, "> 0")
         _check("finetune.lora_dropout", self.lora_dropout, 0 <= self.lora_dropout < 1, "[0, 1)")
-        _check(
-            "finetune.lora_stages", self.lora_stages, 0 <= self.lora_stages <= 4, "0 (all) to 4"
-        )
+        _check("finetune.lora_stages", self.lora_stages, 0 <= self.lora_stages <= 4, "0 (all) to 4")
         _check("finetune.adapter_dim", self.adapter_dim, self.adapter_dim >= 1, ">= 1")
         _check("finetune.adapter_blocks", self.adapter_blocks, self.adapter_blocks >= 1, ">= 1")
 
@@ -249,6 +247,10 @@ class FLConfig:
     eval_every: int = 1  # server-side benchmark test each k rounds (simulation only)
     client_cpus: float = 1.0  # Ray resources per simulated client: CPUs ...
     client_gpus: float = 0.0  # ... and GPUs (a fraction shares one GPU between clients)
+    # Ray cluster of the simulation: "" = start a private one on this machine; "auto" or
+    # "host:port" = join a running cluster (`ray start --head` there, `ray start --address` on
+    # each further machine), whose CPUs/GPUs the clients are then spread over.
+    ray_address: str = ""
     # Early stopping on validation: stop after this many scored rounds without a better
     # validation AUROC (0 = run every round). Test data never enters the decision.
     patience: int = 0
@@ -278,6 +280,12 @@ class FLConfig:
         _check("fl.eval_every", self.eval_every, self.eval_every >= 1, ">= 1")
         _check("fl.client_cpus", self.client_cpus, self.client_cpus > 0, "> 0")
         _check("fl.client_gpus", self.client_gpus, self.client_gpus >= 0, ">= 0 (0 = no GPU)")
+        _check(
+            "fl.ray_address",
+            self.ray_address,
+            self.ray_address == self.ray_address.strip() and " " not in self.ray_address,
+            '"" (private cluster), "auto" or host:port',
+        )
         _check("fl.patience", self.patience, self.patience >= 0, ">= 0 (0 = off)")
         _check("fl.clip_norm", self.clip_norm, self.clip_norm >= 0, ">= 0 (0 = off)")
         _check("fl.trim_beta", self.trim_beta, 0 < self.trim_beta < 0.5, "(0, 0.5)")
