@@ -15,17 +15,11 @@ from contextlib import contextmanager
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedprostate.fl import wire
-from fedprostate.fl.client import (
-    PublicError,
-    SiteContext,
-    audit_sent,
-    evaluate_round,
-    site_context,
-    train_round,
-)
+from fedprostate.fl import warm, wire
 from fedprostate.fl.config_io import config_from_context
-from fedprostate.fl.strategies import REPORT_KEY
+from fedprostate.fl.site import PublicError, SiteContext, audit_sent, site_context
+
+REPORT_KEY = wire.REPORT_KEY
 
 log = logging.getLogger("fedprostate.site")
 
@@ -39,12 +33,30 @@ def errors_stay_local(site: SiteContext, phase: str, msg: Message):
         raise
     except Exception as exc:
         log.exception("site %s: %s failed", site.name, phase)
-        public = (
-            f"site {site.name}: {type(exc).__name__} during {phase} "
-            "(details in the site's local log)"
-        )
+        kind = exc.type_name if isinstance(exc, warm.RemoteError) else type(exc).__name__
+        public = f"site {site.name}: {kind} during {phase} (details in the site's local log)"
         audit_sent(site, msg, phase, error=public)
         raise RuntimeError(public) from None
+
+
+def _run(op: str, overrides, context: Context, site: SiteContext, **call):
+    """``train_round``/``evaluate_round`` here, or in the site's warm process when the node
+    config asks for one (``warm-seconds`` > 0, deployment only: it needs a ``state-dir``)."""
+    idle_s = float(context.node_config.get("warm-seconds", 0) or 0)
+    if idle_s > 0 and site.state_dir is not None:
+        request = {
+            "op": op,
+            "run_config": dict(context.run_config),
+            "overrides": overrides,
+            "node_config": dict(context.node_config),
+            **call,
+        }
+        return warm.call(site.state_dir, request, idle_s)
+    from fedprostate.fl import client  # torch, timm, peft: only where the work is done here
+
+    cfg = config_from_context(context.run_config, overrides, context.node_config)
+    step = client.train_round if op == "train" else client.evaluate_round
+    return step(cfg, site, call["server_round"], call["received"], **call["kwargs"])
 
 
 def make_client_app(overrides: dict | None = None) -> ClientApp:
@@ -56,13 +68,17 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
         site = site_context(cfg, context.node_config, cfg.out)
         config = msg.content["config"]
         with errors_stay_local(site, "training", msg):
-            out, metrics = train_round(
-                cfg,
+            out, metrics = _run(
+                "train",
+                overrides,
+                context,
                 site,
-                int(config["server-round"]),
-                wire.from_record(msg.content["arrays"]),
-                downlink=str(config.get("downlink", "fp32")),
-                expected_sha=str(config.get("foundation-sha256", "")),
+                server_round=int(config["server-round"]),
+                received=wire.from_record(msg.content["arrays"]),
+                kwargs={
+                    "downlink": str(config.get("downlink", "fp32")),
+                    "expected_sha": str(config.get("foundation-sha256", "")),
+                },
             )
         content = RecordDict(
             {
@@ -80,14 +96,18 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
         site = site_context(cfg, context.node_config, cfg.out)
         config = msg.content["config"]
         with errors_stay_local(site, "evaluation", msg):
-            metrics = evaluate_round(
-                cfg,
+            metrics = _run(
+                "evaluate",
+                overrides,
+                context,
                 site,
-                int(config["server-round"]),
-                wire.from_record(msg.content["arrays"]),
-                split=str(config.get("split", "val")),
-                downlink=str(config.get("downlink", "fp32")),
-                expected_sha=str(config.get("foundation-sha256", "")),
+                server_round=int(config["server-round"]),
+                received=wire.from_record(msg.content["arrays"]),
+                kwargs={
+                    "split": str(config.get("split", "val")),
+                    "downlink": str(config.get("downlink", "fp32")),
+                    "expected_sha": str(config.get("foundation-sha256", "")),
+                },
             )
         content = RecordDict(
             {"metrics": MetricRecord(metrics), REPORT_KEY: ConfigRecord({"site": site.name})}
