@@ -46,9 +46,6 @@ SCHEDULES = ("constant", "cosine")
 # Arithmetic of training and scoring: "auto" = bf16 autocast on a CUDA device, fp32 elsewhere
 # (CPU results stay bit-reproducible unless bf16 is asked for; docs/readme/speed.md measures it).
 PRECISIONS = ("auto", "fp32", "bf16")
-# torch.compile of the model: "auto" = on a CUDA device only (compiling on CPU costs minutes per
-# process and gains little there, see docs/readme/speed.md).
-COMPILE_MODES = ("auto", "on", "off")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 # Where a finding comes from (data/study.py explains each). Headline metrics count what a reader
 # marked or the label-free rule proposed (organ slices in organ mode); "sampled" normal tissue is
@@ -189,7 +186,6 @@ class TrainConfig:
     warmup_rounds: int = 0  # linear warm-up of the learning rate over the first rounds
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0 = off)
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; see PRECISIONS)
-    compile: str = "auto"  # auto | on | off (torch.compile; see COMPILE_MODES)
 
     def __post_init__(self) -> None:
         _check("train.lr", self.lr, self.lr > 0, "> 0")
@@ -198,7 +194,6 @@ class TrainConfig:
         _check("train.warmup_rounds", self.warmup_rounds, self.warmup_rounds >= 0, ">= 0")
         _check("train.grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0 (0 = off)")
         _choice("train.precision", self.precision, PRECISIONS)
-        _choice("train.compile", self.compile, COMPILE_MODES)
         _check("train.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _check("train.epochs", self.epochs, self.epochs >= 0, ">= 0")
         _check("train.steps", self.steps, self.steps >= 0, ">= 0")

@@ -57,13 +57,22 @@ class Finetuned:
     trainable: list[str] = field(default_factory=list)
 
 
-def lora_target_regex(arch: str, mlp: bool = False) -> str:
-    """The exact (``re.fullmatch``) module-name regex peft receives for this backbone."""
+def lora_target_regex(arch: str, mlp: bool = False, stages: int = 0) -> str:
+    """The exact (``re.fullmatch``) module-name regex peft receives for this backbone.
+
+    ``stages`` > 0: only the last ``stages`` of the 4 stages (Swin ``layers.0-3``, ResNet
+    ``layer1-4``); nothing before them trains, so autograd stops the backward pass there.
+    """
     fam = family(arch)
+    first = 4 - stages if stages else 0
+    if stages and fam not in ("resnet", "swin"):
+        raise ValueError(
+            f"finetune.lora_stages: {arch} has no stages (Swin and ResNet do); use 0 (every block)"
+        )
     if fam == "resnet":
-        return r"layer[1-4]\.\d+\.conv[123]"
+        return rf"layer[{first + 1}-4]\.\d+\.conv[123]"
     names = "qkv|proj|fc1|fc2" if mlp else "qkv|proj"
-    blocks = r"layers\.\d+\.blocks\.\d+" if fam == "swin" else r"blocks\.\d+"
+    blocks = rf"layers\.[{first}-3]\.blocks\.\d+" if fam == "swin" else r"blocks\.\d+"
     sub = r"(attn|mlp)" if mlp else r"attn"
     return rf"{blocks}\.{sub}\.({names})"
 
@@ -82,7 +91,7 @@ def _inject_lora(model: nn.Module, arch: str, spec: FinetuneConfig, seed: int) -
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
-        target_modules=lora_target_regex(arch, spec.lora_mlp),
+        target_modules=lora_target_regex(arch, spec.lora_mlp, spec.lora_stages),
         bias="none",
     )
     model = inject_adapter_in_model(config, model)
