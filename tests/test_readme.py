@@ -52,6 +52,12 @@ BENCH_KNOBS = {
                        "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
     "pretrain_vs_scratch.py": ["--rounds", "1"],
     "bad_input_corpus.py": [],
+    "cpu_speed.py": ["--arch", "swin_test", "--crop", "32", "--batch", "4", "--steps", "1",
+                     "--warmup", "1", "--peak-n", "128", "--stages", "1"],
+    "gpu_speed.py": ["--arch", "swin_test", "--crop", "32", "--batch", "4", "--steps", "1",
+                     "--warmup", "1", "--peak-n", "128", "--stages", "1"],
+    "deploy_overhead.py": ["--sites", "2", "--patients", "12", "--arch", "swin_test", "--crop",
+                           "32", "--repeats", "1"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 
