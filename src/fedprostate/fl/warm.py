@@ -31,6 +31,7 @@ import time
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
+from fedprostate.fl.config_io import config_from_context
 from fedprostate.fl.site import PublicError
 
 log = logging.getLogger("fedprostate.site")
@@ -54,7 +55,6 @@ def socket_path(state_dir: str | Path) -> str:
 
 def _handle(request: dict):
     from fedprostate.fl import client  # the heavy imports, once per warm process
-    from fedprostate.fl.config_io import config_from_context
 
     cfg = config_from_context(request["run_config"], request["overrides"], request["node_config"])
     site = client.site_context(cfg, request["node_config"], cfg.out)
