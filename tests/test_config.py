@@ -86,6 +86,10 @@ def test_a_saved_config_of_any_method_loads_back(tmp_path: Path):
         ("data.partition=loso", ["data.holdout_site"]),
         ("fl.strategy=fedprox", ["train.prox_mu"]),
         ("finetune.adapter_dim=32", ["finetune.adapter_dim", "'lora'"]),
+        ("fl.client_gpus=-0.5", ["fl.client_gpus", "-0.5", ">= 0"]),
+        ("fl.ray_address=a b", ["fl.ray_address", "host:port"]),
+        ("train.precision=fp16", ["train.precision", "'fp16'", "bf16"]),
+        ("finetune.lora_stages=5", ["finetune.lora_stages", "5", "0 (all) to 4"]),
         ("finetune.lora_r=4", None),  # LoRA keys with LoRA: fine
     ],
 )

@@ -64,6 +64,12 @@ BENCH_KNOBS = {
     "federated_pretrain.py": ["--sites", "2", "--rounds", "1", "--batch-size", "8",
                               "--n-boot", "20"],
     "gpu_pretrain.py": ["--tiny", "--device", "cpu"],
+    "cpu_speed.py": ["--arch", "swin_test", "--crop", "32", "--batch", "4", "--steps", "1",
+                     "--warmup", "1", "--peak-n", "128", "--stages", "1"],
+    "gpu_speed.py": ["--arch", "swin_test", "--crop", "32", "--batch", "4", "--steps", "1",
+                     "--warmup", "1", "--peak-n", "128", "--stages", "1"],
+    "deploy_overhead.py": ["--sites", "2", "--patients", "12", "--arch", "swin_test", "--crop",
+                           "32", "--repeats", "1"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 

@@ -45,6 +45,9 @@ BYZANTINE_STRATEGIES = ("krum", "multikrum", "bulyan")
 THRESHOLD_RULES = ("youden", "sens90")
 SSL_METHODS = ("simmim", "simclr", "dino")  # self-supervised pre-training (models/ssl.py)
 SCHEDULES = ("constant", "cosine")
+# Arithmetic of training and scoring: "auto" = bf16 autocast on a CUDA device, fp32 elsewhere
+# (CPU results stay bit-reproducible unless bf16 is asked for; docs/readme/speed.md measures it).
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 # Where a finding comes from (data/study.py explains each). Headline metrics count what a reader
 # marked or the label-free rule proposed (organ slices in organ mode); "sampled" normal tissue is
@@ -57,7 +60,7 @@ APART_SOURCES = ("sampled",)
 ALPHA = 0.05
 NONINFERIORITY_MARGIN = 0.02
 SUPERIORITY_MARGIN = 0.0
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp", "lora_attn")
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_mlp", "lora_attn", "lora_stages")
 # Differential privacy (docs/readme/privacy.md). Client level: Flower's DP strategy wrappers
 # (server-side or client-side clipping, fixed or adaptive) or Flower's LocalDpMod at the sites.
 CLIENT_DP = (
@@ -158,6 +161,8 @@ class FinetuneConfig:
     lora_mlp: also put LoRA on the transformer MLPs (fc1, fc2); ignored for ResNet.
     lora_attn: LoRA on the attention projections (qkv, proj); false with lora_mlp = true puts
     LoRA on the MLPs only (what DP-SGD on a Swin needs); ignored for ResNet.
+    lora_stages: LoRA only in the last N of the backbone's 4 stages (0 = every stage). Nothing
+    before the first adapted stage trains, so the backward pass stops there (cheaper steps).
     adapter_dim: adapter bottleneck width. adapter_blocks: how many final-stage blocks get one.
     local_norms: FedBN-style: normalisation layers train but stay on the client.
     """
@@ -168,6 +173,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.0
     lora_mlp: bool = False
     lora_attn: bool = True
+    lora_stages: int = 0
     adapter_dim: int = 64
     adapter_blocks: int = 2
     local_norms: bool = False
@@ -177,6 +183,7 @@ class FinetuneConfig:
         _check("finetune.lora_r", self.lora_r, self.lora_r >= 1, ">= 1")
         _check("finetune.lora_alpha", self.lora_alpha, self.lora_alpha > 0, "> 0")
         _check("finetune.lora_dropout", self.lora_dropout, 0 <= self.lora_dropout < 1, "[0, 1)")
+        _check("finetune.lora_stages", self.lora_stages, 0 <= self.lora_stages <= 4, "0 (all) to 4")
         _check("finetune.adapter_dim", self.adapter_dim, self.adapter_dim >= 1, ">= 1")
         _check("finetune.adapter_blocks", self.adapter_blocks, self.adapter_blocks >= 1, ">= 1")
         if not (self.lora_attn or self.lora_mlp):
@@ -206,6 +213,7 @@ class TrainConfig:
     schedule: str = "constant"  # learning rate over rounds: constant | cosine (after warm-up)
     warmup_rounds: int = 0  # linear warm-up of the learning rate over the first rounds
     grad_clip: float = 1.0  # clip the gradient's global norm to this (0 = off)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; see PRECISIONS)
 
     def __post_init__(self) -> None:
         _check("train.lr", self.lr, self.lr > 0, "> 0")
@@ -213,6 +221,7 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _check("train.warmup_rounds", self.warmup_rounds, self.warmup_rounds >= 0, ">= 0")
         _check("train.grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0 (0 = off)")
+        _choice("train.precision", self.precision, PRECISIONS)
         _check("train.batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _check("train.epochs", self.epochs, self.epochs >= 0, ">= 0")
         _check("train.steps", self.steps, self.steps >= 0, ">= 0")
@@ -263,7 +272,12 @@ class FLConfig:
     beta_2: float = 0.99
     round_timeout: float = 3600.0
     eval_every: int = 1  # server-side benchmark test each k rounds (simulation only)
-    client_cpus: float = 1.0  # Ray resources per simulated client
+    client_cpus: float = 1.0  # Ray resources per simulated client: CPUs ...
+    client_gpus: float = 0.0  # ... and GPUs (a fraction shares one GPU between clients)
+    # Ray cluster of the simulation: "" = start a private one on this machine; "auto" or
+    # "host:port" = join a running cluster (`ray start --head` there, `ray start --address` on
+    # each further machine), whose CPUs/GPUs the clients are then spread over.
+    ray_address: str = ""
     # Early stopping on validation: stop after this many scored rounds without a better
     # validation AUROC (0 = run every round). Test data never enters the decision.
     patience: int = 0
@@ -311,6 +325,13 @@ class FLConfig:
         _check("fl.round_timeout", self.round_timeout, self.round_timeout > 0, "> 0 seconds")
         _check("fl.eval_every", self.eval_every, self.eval_every >= 1, ">= 1")
         _check("fl.client_cpus", self.client_cpus, self.client_cpus > 0, "> 0")
+        _check("fl.client_gpus", self.client_gpus, self.client_gpus >= 0, ">= 0 (0 = no GPU)")
+        _check(
+            "fl.ray_address",
+            self.ray_address,
+            self.ray_address == self.ray_address.strip() and " " not in self.ray_address,
+            '"" (private cluster), "auto" or host:port',
+        )
         _check("fl.patience", self.patience, self.patience >= 0, ">= 0 (0 = off)")
         _check("fl.clip_norm", self.clip_norm, self.clip_norm >= 0, ">= 0 (0 = off)")
         _check("fl.trim_beta", self.trim_beta, 0 < self.trim_beta < 0.5, "(0, 0.5)")

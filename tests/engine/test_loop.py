@@ -163,3 +163,22 @@ def test_gradients_are_clipped_to_the_configured_global_norm(tiny):
 
     assert last_grad_norm(0.0) > 1e-3  # unclipped: the raw gradient
     assert last_grad_norm(1e-4) <= 1e-4 * 1.001
+
+
+def test_bf16_autocast_only_when_asked_on_cpu(tiny):
+    cfg, ds = tiny
+    base = setup.build_model(cfg, fresh=True).ft.model
+
+    def trained(precision):
+        model = copy.deepcopy(base)
+        tc = TrainConfig(steps=2, batch_size=8, lr=1e-2, precision=precision)
+        loss = train_local(model, ds, tc, seed=3).loss
+        return loss, [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+    fp32, auto, bf16 = trained("fp32"), trained("auto"), trained("bf16")
+    assert auto[0] == fp32[0] and all(
+        torch.equal(a, b) for a, b in zip(auto[1], fp32[1], strict=True)
+    )
+    assert bf16[0] != fp32[0]  # bf16 arithmetic ran ...
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.05)  # ... and trains the same model
+    assert all(p.dtype == torch.float32 for p in bf16[1])  # weights stay fp32

@@ -12,6 +12,7 @@ from fedprostate.models.finetune import (
     build_finetune,
     count_trainable,
     get_communicated,
+    lora_target_regex,
     merge_for_inference,
     payload_bytes,
     set_communicated,
@@ -229,3 +230,34 @@ def test_spec_validation():
         FinetuneConfig(lora_dropout=1.0)
     with pytest.raises(ValueError, match="adapter_blocks"):
         make("swin_test", "adapter", adapter_blocks=3)  # swin_test stage 4 has 2 blocks
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_lora_stages_adapt_only_the_last_stages_and_backward_stops_there(stages):
+    spec = FinetuneConfig(method="lora", lora_r=2, lora_stages=stages)
+    ft = build_finetune(create_backbone("swin_test", crop=CROP, num_classes=2), "swin_test", spec)
+    first = 4 - stages
+    adapted = {int(n.split(".")[1]) for n, _ in ft.model.named_modules() if ".lora_A" in n}
+    assert adapted == set(range(first, 4))
+    reached = []  # stages the backward pass went through
+    for i, stage in enumerate(ft.model.layers):
+        stage.register_full_backward_hook(lambda m, gi, go, i=i: reached.append(i))
+    ft.model(torch.randn(2, 3, CROP, CROP)).sum().backward()
+    assert sorted(reached) == list(range(first, 4))  # earlier stages: no backward at all
+    for name, p in ft.model.named_parameters():
+        if name.startswith(("patch_embed", *(f"layers.{i}." for i in range(first)))):
+            assert p.grad is None, name
+    everywhere = build_finetune(
+        create_backbone("swin_test", crop=CROP, num_classes=2), "swin_test", FinetuneConfig()
+    )
+    reached.clear()
+    for i, stage in enumerate(everywhere.model.layers):
+        stage.register_full_backward_hook(lambda m, gi, go, i=i: reached.append(i))
+    everywhere.model(torch.randn(2, 3, CROP, CROP)).sum().backward()
+    assert sorted(reached) == [0, 1, 2, 3]
+
+
+def test_lora_stages_on_resnet_and_refused_on_vit():
+    assert lora_target_regex("resnet_test", stages=2) == r"layer[3-4]\.\d+\.conv[123]"
+    with pytest.raises(ValueError, match="finetune.lora_stages"):
+        lora_target_regex("vit_test", stages=1)

@@ -38,6 +38,14 @@ def deploy_local_command(
         help="Sign the app with this OpenSSH Ed25519 key instead of the consortium's "
         "(SuperNodes trust only the consortium's: another key is refused).",
     ),
+    warm_seconds: float = typer.Option(
+        600.0,
+        "--warm-seconds",
+        min=0.0,
+        help="Each SuperNode's warm site process (node config warm-seconds): its ClientApp "
+        "processes hand messages to it, so imports and the model build are paid once; it "
+        "exits after this many idle seconds (0 = none: every message starts cold).",
+    ),
 ) -> None:
     """Start a SuperLink (loopback), its nginx front (Fleet API only) and one SuperNode per site
     on 127.0.0.1 with TLS, SuperNode authentication and a consortium-signed app; run the
@@ -76,7 +84,9 @@ def deploy_local_command(
     # SIGTERM (e.g. from a job scheduler) ends the run like Ctrl-C: every process is stopped.
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        summary = deploy_local(cfg, cache, chosen, out, echo=typer.echo, signing_key=signing_key)
+        summary = deploy_local(
+            cfg, cache, chosen, out, echo=typer.echo, signing_key=signing_key, warm_s=warm_seconds
+        )
         finished_summary(out)
     except KeyboardInterrupt:
         typer.echo("interrupted: every SuperLink/SuperNode process was stopped", err=True)

@@ -117,6 +117,13 @@ def set_train_mode(model: nn.Module) -> None:
                 module.eval()
 
 
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast where ``train.precision`` asks for it ("auto": on CUDA only, so CPU runs stay
+    fp32 and bit-reproducible); matmuls and convolutions in bf16, the loss in fp32."""
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def train_local(
     model: nn.Module,
     dataset: Dataset,
@@ -183,7 +190,8 @@ def train_local(
             x, y, w = x.to(device), y.to(device), w.to(device)
             if cfg.augment:
                 x = augment_batch(x, gen)
-            logits = model(x)
+            with autocast(cfg.precision, device):
+                logits = model(x).float()
             # the class-weighted mean of torch's CrossEntropyLoss, each sample also weighted
             loss = (criterion(logits, y) * w).sum() / (per_class[y] * w).sum()
             if teacher is not None:

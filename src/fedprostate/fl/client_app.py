@@ -5,6 +5,10 @@ noise, in that documented order). Evaluation obeys the site's own limits from it
 (``eval-splits``: the splits it scores, default ``val``; ``max-evals``: queries answered per run;
 counted in the node's context state, which a SuperNode restart resets).
 
+The work itself (``client.train_round`` / ``client.evaluate_received``) runs here, or, when the
+node config asks for it (``warm-seconds`` > 0, deployment only), in the site's warm process
+(``fl/warm.py``) that keeps torch, the model and the crops loaded between messages.
+
 Errors sent to the server carry no patient/study identifiers or file paths: the full error stays
 in the site's local log, the server gets the exception type and the site name only — unless the
 error is a ``PublicError`` written to be shared (e.g. a foundation hash mismatch). Everything that
@@ -20,21 +24,17 @@ from contextlib import contextmanager
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedprostate.fl import wire
-from fedprostate.fl.client import (
+from fedprostate.fl import warm, wire
+from fedprostate.fl.config_io import config_from_context
+from fedprostate.fl.site import (
     PublicError,
     SiteContext,
     audit_sent,
     check_eval_allowed,
-    decode_global,
-    evaluate_round,
     site_context,
-    train_round,
 )
-from fedprostate.fl.config_io import config_from_context
-from fedprostate.fl.site_mods import run_chain, train_chain
-from fedprostate.fl.strategies import REPORT_KEY
 
+REPORT_KEY = wire.REPORT_KEY
 LIMITS_KEY = "site-limits"  # this run's evaluation queries answered (the node's context state)
 
 log = logging.getLogger("fedprostate.site")
@@ -49,12 +49,30 @@ def errors_stay_local(site: SiteContext, phase: str, msg: Message):
         raise
     except Exception as exc:
         log.exception("site %s: %s failed", site.name, phase)
-        public = (
-            f"site {site.name}: {type(exc).__name__} during {phase} "
-            "(details in the site's local log)"
-        )
+        kind = exc.type_name if isinstance(exc, warm.RemoteError) else type(exc).__name__
+        public = f"site {site.name}: {kind} during {phase} (details in the site's local log)"
         audit_sent(site, msg, phase, error=public)
         raise RuntimeError(public) from None
+
+
+def _run(op: str, overrides, context: Context, site: SiteContext, **call):
+    """``train_round``/``evaluate_received`` here, or in the site's warm process when the node
+    config asks for one (``warm-seconds`` > 0, deployment only: it needs a ``state-dir``)."""
+    idle_s = float(context.node_config.get("warm-seconds", 0) or 0)
+    if idle_s > 0 and site.state_dir is not None:
+        request = {
+            "op": op,
+            "run_config": dict(context.run_config),
+            "overrides": overrides,
+            "node_config": dict(context.node_config),
+            **call,
+        }
+        return warm.call(site.state_dir, request, idle_s)
+    from fedprostate.fl import client  # torch, timm, peft: only where the work is done here
+
+    cfg = config_from_context(context.run_config, overrides, context.node_config)
+    step = client.train_round if op == "train" else client.evaluate_received
+    return step(cfg, site, call["server_round"], call["received"], **call["kwargs"])
 
 
 def make_client_app(overrides: dict | None = None) -> ClientApp:
@@ -62,17 +80,21 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
 
     @app.train()
     def handle_train(msg: Message, context: Context) -> Message:
+        from fedprostate.fl.site_mods import run_chain, train_chain
+
         cfg = config_from_context(context.run_config, overrides, context.node_config)
         site = site_context(cfg, context.node_config, cfg.out)
 
         def train_handler(inner: Message, ctx: Context) -> Message:
             config = inner.content["config"]
-            out, metrics = train_round(
-                cfg,
+            out, metrics = _run(
+                "train",
+                overrides,
+                context,
                 site,
-                int(config["server-round"]),
-                wire.from_record(inner.content["arrays"]),
-                expected_sha=str(config.get("foundation-sha256", "")),
+                server_round=int(config["server-round"]),
+                received=wire.from_record(inner.content["arrays"]),
+                kwargs={"expected_sha": str(config.get("foundation-sha256", ""))},
             )
             content = RecordDict({"arrays": wire.to_record(out), "metrics": MetricRecord(metrics)})
             return Message(content=content, reply_to=inner)
@@ -94,16 +116,18 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
         limits = context.state.config_records.get(LIMITS_KEY) or ConfigRecord({"evals": 0})
         with errors_stay_local(site, "evaluation", msg):
             check_eval_allowed(site, split, int(limits["evals"]))
-            global_tensors = decode_global(
-                cfg, wire.from_record(msg.content["arrays"]), str(config.get("downlink", "fp32"))
-            )
-            metrics = evaluate_round(
-                cfg,
+            metrics = _run(
+                "evaluate",
+                overrides,
+                context,
                 site,
-                int(config["server-round"]),
-                global_tensors,
-                split=split,
-                expected_sha=str(config.get("foundation-sha256", "")),
+                server_round=int(config["server-round"]),
+                received=wire.from_record(msg.content["arrays"]),
+                kwargs={
+                    "split": split,
+                    "downlink": str(config.get("downlink", "fp32")),
+                    "expected_sha": str(config.get("foundation-sha256", "")),
+                },
             )
         context.state.config_records[LIMITS_KEY] = ConfigRecord({"evals": int(limits["evals"]) + 1})
         content = RecordDict(

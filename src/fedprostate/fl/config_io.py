@@ -13,8 +13,8 @@ def config_from_context(
 ) -> RunConfig:
     """Run config from Flower (dotted keys), then in-process overrides, then the node's own keys.
 
-    ``run_simulation`` hands every app an empty run config, so the simulation passes the whole
-    configuration as ``overrides``; with ``flwr run`` it arrives through Flower's run config.
+    Flower's in-process simulation hands every app an empty run config, so the simulation passes
+    the whole configuration as ``overrides``; with ``flwr run`` it arrives through its run config.
     """
     flat = dict(run_config or {})
     flat.update(overrides or {})

@@ -1,21 +1,30 @@
 """The Flower apps in Flower's Ray simulation: one simulated SuperNode per client.
 
-Flower's console log is made fit for files while a simulation runs: no colour codes when stderr
-is not a terminal, and without the deprecation notice ``run_simulation`` logs on every call (it is
-the documented in-process entry point this project uses; ``flwr run`` is the deployment path).
+Entry point: Flower's simulation runtime ``_run_simulation`` — the function that both the
+deprecated public ``run_simulation`` wrapper and ``flwr run``'s simulation process
+(``flwr.simulation.app.run_simulation_process``) call. Flower 1.42 has no public, non-deprecated
+in-process entry point: its replacement, ``flwr run``, starts a detached local SuperLink and
+installs the app as a FAB, which cannot take this project's app objects and overrides. The
+function is private, so ``flwr`` is pinned to 1.42.* and ``tests/fl/test_simulation_log.py``
+checks its signature.
+
+Client resources are configuration (``fl.client_cpus``, ``fl.client_gpus``): Ray hides every GPU
+from a client that asks for none, so ``train.device=cuda`` needs ``fl.client_gpus > 0``.
+``fl.ray_address`` joins a running Ray cluster (several machines) instead of starting one.
+Flower's console log is made fit for files: no colour codes when stderr is not a terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 
-from flwr.common.logger import FLOWER_LOGGER, update_console_handler
-from flwr.simulation import run_simulation
+from flwr.common.logger import update_console_handler
+from flwr.simulation.run_simulation import _run_simulation
+from flwr.supercore.telemetry import EventType
 
-from fedprostate.config import RunConfig
+from fedprostate.config import ConfigError, RunConfig
 from fedprostate.fl.client_app import make_client_app
 from fedprostate.fl.pretrain_apps import make_pretrain_client_app, make_pretrain_server_app
 from fedprostate.fl.server_app import make_server_app
@@ -23,24 +32,32 @@ from fedprostate.fl.server_app import make_server_app
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 
-class _DropRunSimulationNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(
-            "`run_simulation` function is deprecated" in str(a) for a in record.args or ()
-        )
-
-
 @contextlib.contextmanager
 def plain_flower_log():
-    """Flower's console log without colour codes off a terminal and without the notice."""
-    notice = _DropRunSimulationNotice()
-    FLOWER_LOGGER.addFilter(notice)
+    """Flower's console log without colour codes off a terminal."""
     update_console_handler(colored=sys.stderr.isatty())
     try:
         yield
     finally:
-        FLOWER_LOGGER.removeFilter(notice)
         update_console_handler(colored=True)
+
+
+def backend_config(cfg: RunConfig) -> dict:
+    """Flower's Ray backend settings: resources per client and the cluster to run on."""
+    if cfg.train.device.startswith("cuda") and cfg.fl.client_gpus <= 0:
+        raise ConfigError(
+            "fl.client_gpus: must be > 0 (e.g. 0.25 = four clients share a GPU) with "
+            f"train.device={cfg.train.device}; Ray hides the GPU from a client that asks for none"
+        )
+    if cfg.fl.ray_address:  # a running cluster: its own nodes declare their CPUs and GPUs
+        init_args: dict = {"address": cfg.fl.ray_address, "logging_level": "error"}
+    else:
+        init_args = {"num_cpus": os.cpu_count() or 2, "logging_level": "error"}
+    init_args["include_dashboard"] = False
+    return {
+        "client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus},
+        "init_args": init_args,
+    }
 
 
 def simulate(
@@ -53,16 +70,14 @@ def simulate(
         server_app, client_app = make_pretrain_server_app(flat), make_pretrain_client_app(flat)
     else:
         server_app, client_app = make_server_app(flat), make_client_app(flat)
-    cpus = os.cpu_count() or 2
-    backend_config = {
-        "client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error"},
-    }
+    backend = backend_config(cfg)
     with plain_flower_log():
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
+        _run_simulation(
             num_supernodes=num_clients,
-            backend_config=backend_config,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=backend,
             verbose_logging=verbose,
         )

@@ -59,7 +59,7 @@ from fedprostate.fl.replies import (
 
 log = logging.getLogger("fedprostate.server")
 
-REPORT_KEY = "report"  # ConfigRecord in each reply: site name and codec (no patient data)
+REPORT_KEY = wire.REPORT_KEY
 
 
 class ProjectHooks:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+REPORT_KEY = "report"  # ConfigRecord in each reply: site name and codec (no patient data)
+
 Tensors = dict[str, np.ndarray]
 
 

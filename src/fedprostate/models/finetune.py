@@ -57,18 +57,25 @@ class Finetuned:
     trainable: list[str] = field(default_factory=list)
 
 
-def lora_target_regex(arch: str, mlp: bool = False, attn: bool = True) -> str:
+def lora_target_regex(arch: str, mlp: bool = False, attn: bool = True, stages: int = 0) -> str:
     """The exact (``re.fullmatch``) module-name regex peft receives for this backbone.
 
     ``attn``: the attention projections (qkv, proj); ``mlp``: the MLPs (fc1, fc2). MLP-only LoRA
     (``attn=False``) is what DP-SGD on a Swin needs (see ``config.WINDOWED_ARCHS``).
+    ``stages`` > 0: only the last ``stages`` of the 4 stages (Swin ``layers.0-3``, ResNet
+    ``layer1-4``); nothing before them trains, so autograd stops the backward pass there.
     """
     fam = family(arch)
+    first = 4 - stages if stages else 0
+    if stages and fam not in ("resnet", "swin"):
+        raise ValueError(
+            f"finetune.lora_stages: {arch} has no stages (Swin and ResNet do); use 0 (every block)"
+        )
     if fam == "resnet":
-        return r"layer[1-4]\.\d+\.conv[123]"
+        return rf"layer[{first + 1}-4]\.\d+\.conv[123]"
     if not (attn or mlp):
         raise ValueError("LoRA needs attention or MLP targets")
-    blocks = r"layers\.\d+\.blocks\.\d+" if fam == "swin" else r"blocks\.\d+"
+    blocks = rf"layers\.[{first}-3]\.blocks\.\d+" if fam == "swin" else r"blocks\.\d+"
     parts = ([r"attn\.(qkv|proj)"] if attn else []) + ([r"mlp\.(fc1|fc2)"] if mlp else [])
     return rf"{blocks}\.({'|'.join(parts)})"
 
@@ -87,7 +94,7 @@ def _inject_lora(model: nn.Module, arch: str, spec: FinetuneConfig, seed: int) -
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
-        target_modules=lora_target_regex(arch, spec.lora_mlp, spec.lora_attn),
+        target_modules=lora_target_regex(arch, spec.lora_mlp, spec.lora_attn, spec.lora_stages),
         bias="none",
     )
     model = inject_adapter_in_model(config, model)

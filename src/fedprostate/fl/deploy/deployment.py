@@ -379,9 +379,11 @@ def deploy_local(
     echo: Callable[[str], None] = print,
     timeout: float = 24 * 3600.0,
     signing_key: Path | None = None,
+    warm_s: float = 0.0,
 ) -> dict:
     """SuperLink + nginx + one SuperNode per site (TLS, node auth, signed app), the run to the
-    end, all stopped. ``sites``: site → its preflight split sizes (``{"train": n, "val": m}``)."""
+    end, all stopped. ``sites``: site → its preflight split sizes (``{"train": n, "val": m}``).
+    ``warm_s`` > 0: each site's messages run in its warm process (``fl/warm.py``)."""
     root = Path(out).resolve() / "deployment"
     run_cfg = deployment_config(
         cfg, out, len(sites), resume=cfg.resume, sites_file=root / "sites.json"
@@ -393,8 +395,9 @@ def deploy_local(
         for site, sizes in sites.items():
             node_id = dep.register(site, train=sizes.get("train", 0), val=sizes.get("val", 0))
             echo(f"registered {site}: node {node_id}")
+        warm = {"warm-seconds": float(warm_s)} if warm_s > 0 else None
         for site in sites:
-            dep.start_supernode(site, cache)
+            dep.start_supernode(site, cache, extra_config=warm)
         for site in sites:
             dep.wait_connected(site)
             echo(f"SuperNode {site} connected (log: {dep.supernodes[site].log_path})")

@@ -1,0 +1,190 @@
+"""Where a deployed round's time goes: one ClientApp message in a fresh process, phase by phase.
+
+Flower 1.42 runs every message a SuperNode receives in a new ``flwr-clientapp`` process (both
+``--isolation subprocess`` and ``process``: the latter only moves the launcher into
+``flower-superexec``, which still starts one process per task). So each site pays, per message
+(a round sends it two: train and evaluate), interpreter start, the imports (flwr, torch, timm,
+peft), the model build and the crop-cache read before it trains. This script measures those
+phases in a fresh child process, then the same message again in the same (now warm) process, and
+prints cold ÷ warm: the part of a deployment round a warm per-site process would remove.
+
+    python benchmarks/deploy_overhead.py [--sites 2] [--arch swin_tiny] [--crop 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_SPAWN = "DEPLOY_OVERHEAD_T0"
+
+
+def _child(cfg_path: str, site: str) -> None:
+    """One ClientApp message from a cold start, then again warm; JSON phase times to stdout."""
+    marks = [("spawn", float(os.environ[T_SPAWN])), ("interpreter", time.time())]
+    import flwr.clientapp  # noqa: F401  (what flwr-clientapp itself loads)
+
+    marks.append(("import flwr", time.time()))
+    import torch  # noqa: F401
+
+    marks.append(("import torch", time.time()))
+    import timm  # noqa: F401  (pulls torchvision, which pulls torch._dynamo)
+
+    marks.append(("import timm", time.time()))
+    import peft  # noqa: F401
+
+    marks.append(("import peft", time.time()))
+    from fedprostate.config import RunConfig
+    from fedprostate.engine import setup
+    from fedprostate.fl.client import SiteContext, train_round
+
+    marks.append(("import fedprostate", time.time()))
+    cfg = RunConfig.load(cfg_path)
+    setup.build_model(cfg)
+    marks.append(("model build", time.time()))
+    for split in ("train", "val"):
+        setup.client_dataset(cfg, site, split)
+    marks.append(("crop cache read", time.time()))
+    site_ctx = SiteContext(site, None, "fp32")
+    received = setup.build_model(cfg).initial_communicated
+    train_round(cfg, site_ctx, 1, received)
+    marks.append(("train + validate + encode", time.time()))
+    t = time.time()
+    train_round(cfg, site_ctx, 2, received)
+    warm = time.time() - t
+    phases = {b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)}
+    print(json.dumps({"phases": phases, "cold_s": marks[-1][1] - marks[0][1], "warm_s": warm}))
+
+
+def _warm_child(cfg_path: str, site: str, arrays: str, state: str) -> None:
+    """The same message from a fresh ClientApp process that hands it to the warm site process."""
+    marks = [("spawn", float(os.environ[T_SPAWN])), ("interpreter", time.time())]
+    import numpy as np
+
+    from fedprostate.fl import warm
+    from fedprostate.fl.client_app import make_client_app  # noqa: F401  (no torch any more)
+
+    marks.append(("import flwr + light ClientApp", time.time()))
+    from fedprostate.config import RunConfig
+
+    received = dict(np.load(arrays))
+    request = {
+        "op": "train",
+        "run_config": {},
+        "overrides": RunConfig.load(cfg_path).to_flat(),
+        "node_config": {"site": site, "state-dir": state},
+        "server_round": 1,
+        "received": received,
+        "kwargs": {},
+    }
+    warm.call(Path(state) / site, request, idle_s=60.0)
+    marks.append(("hand-off + train + validate + encode", time.time()))
+    phases = {b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)}
+    print(json.dumps({"phases": phases, "cold_s": marks[-1][1] - marks[0][1]}))
+
+
+def _spawn(args: list[str]) -> dict:
+    env = dict(os.environ, **{T_SPAWN: repr(time.time())})
+    out = subprocess.run(
+        [sys.executable, __file__, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _table(title: str, run: dict):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("phase", "seconds", "share"):
+        table.add_column(col)
+    for name, sec in run["phases"].items():
+        table.add_row(name, f"{sec:.2f}", f"{sec / run['cold_s']:.0%}")
+    table.add_row("message, total", f"{run['cold_s']:.2f}", "100%")
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sites", type=int, default=2)
+    ap.add_argument("--patients", type=int, default=40)
+    ap.add_argument("--arch", default="swin_tiny")
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2, help="local steps per message")
+    ap.add_argument("--repeats", type=int, default=2, help="fresh processes to time")
+    ap.add_argument("--work", type=Path, default=None, help="data folder (default: temp)")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--warm-child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    if args.warm_child:
+        _warm_child(*args.warm_child)
+        return
+
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedprostate.config import RunConfig
+    from fedprostate.data.prepare import prepare
+    from fedprostate.data.synth.federation import synthesize
+    from fedprostate.engine import setup
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="deploy_overhead_"))
+    raw, cache = work / "raw", work / "cache"
+    if not (cache / "index.csv").exists():
+        synthesize(raw, sites=args.sites, patients=args.patients, seed=0, preset="small")
+        prepare(raw, cache, crop=args.crop, progress=False)
+    cfg = RunConfig.from_flat(
+        {
+            "data.cache": str(cache.resolve()),
+            "model.arch": args.arch,
+            "model.crop": args.crop,
+            "finetune.method": "lora",
+            "finetune.lora_r": 8,
+            "train.steps": args.steps,
+            "train.batch_size": 32,
+            "train.threads": 1,  # what one client CPU gets in a deployment (fl.client_cpus = 1)
+        }
+    )
+    cfg_path = work / "config.toml"
+    cfg_path.write_text(cfg.to_toml(), encoding="utf-8")
+    site = setup.client_names(cfg)[0]
+    arrays = work / "received.npz"
+    np.savez(arrays, **setup.build_model(cfg).initial_communicated)
+    cold = [_spawn(["--child", str(cfg_path), site]) for _ in range(args.repeats)]
+    state = work / "warm_state"
+    warm_args = ["--warm-child", str(cfg_path), site, str(arrays), str(state)]
+    _spawn(warm_args)  # the first message starts the warm site process (and pays its imports)
+    warm = [_spawn(warm_args) for _ in range(args.repeats)]
+    best_cold = min(cold, key=lambda r: r["cold_s"])  # least disturbed by other load
+    best_warm = min(warm, key=lambda r: r["cold_s"])
+    what = f"{args.arch} LoRA r=8, {args.crop} px, {args.steps} steps, 1 thread"
+    console = Console()
+    console.print(_table(f"Before: one ClientApp message, fresh process ({what})", best_cold))
+    console.print(_table(f"After: fresh ClientApp process + warm site process ({what})", best_warm))
+    summary = Table(title=f"Per message (best of {args.repeats}; shared machine: ratios only)")
+    for col in ("quantity", "value"):
+        summary.add_column(col)
+    summary.add_row("before (s)", f"{best_cold['cold_s']:.2f}")
+    summary.add_row("after (s)", f"{best_warm['cold_s']:.2f}")
+    summary.add_row("training in a warm process, no hand-off (s)", f"{best_cold['warm_s']:.2f}")
+    summary.add_row("before ÷ after", f"{best_cold['cold_s'] / best_warm['cold_s']:.1f}×")
+    console.print(summary)
+    print(json.dumps({"cold": cold, "warm": warm}))
+
+
+if __name__ == "__main__":
+    main()
