@@ -157,7 +157,8 @@ def _run_demo(out, config, overrides, quick, console) -> dict:
         pretrain=PretrainPlan(method=plan.pretrain_method, epochs=plan.pretrain_epochs,
                               batch_size=plan.pretrain_batch_size, lr=plan.pretrain_lr,
                               per_study=plan.pretrain_per_study),
-        learning_rates=(run_cfg.train.lr,), reference={}, backbones={}, methods=(), codecs=(),
+        learning_rates=(run_cfg.train.lr,), seeds=(run_cfg.seed,), reference={}, backbones={},
+        methods=(), codecs=(),
         mixed_codecs=(), aggregators=(), prox_mu=0.0, loso_holdouts=0,
     )  # fmt: skip
     paths = StudyPaths(
