@@ -100,7 +100,7 @@ def test_gpu_pretrain_tiny_runs_every_step_on_the_cpu(data, tmp_path):
 @pytest.mark.slow
 def test_federated_pretrain_benchmark_compares_federated_with_central(data, tmp_path):
     pool, cache = data
-    proc = bench("federated_pretrain.py", "--pool", pool, "--cache", cache, "--sites", "2",
+    proc = bench("federated_pretrain.py", "--pool", pool, "--cache", cache, "--sites", "3",
                  "--rounds", "1", "--batch-size", "8", "--n-boot", "20", "--out", tmp_path / "f",
                  cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -61,7 +61,7 @@ BENCH_KNOBS = {
                    "--eps", "8"],
     "foundation_probe.py": ["--methods", "dino", "--batch-size", "8", "--max-crops", "64",
                             "--n-boot", "20", "--quiet"],
-    "federated_pretrain.py": ["--sites", "2", "--rounds", "1", "--batch-size", "8",
+    "federated_pretrain.py": ["--sites", "3", "--rounds", "1", "--batch-size", "8",
                               "--n-boot", "20"],
     "gpu_pretrain.py": ["--tiny", "--device", "cpu"],
     "cpu_speed.py": ["--arch", "swin_test", "--crop", "32", "--batch", "4", "--steps", "1",

@@ -48,7 +48,14 @@ def test_node_killed_mid_round_and_superlink_killed_mid_run(tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(
         cache,
-        **{"fl.rounds": 3, "fl.fraction_evaluate": 0.0, "fl.round_timeout": 60.0},
+        # fl.min_sites = 2: this federation accepts a round from 2 of its 3 sites (the default 3
+        # would, rightly, aggregate nothing while siteC is down)
+        **{
+            "fl.rounds": 3,
+            "fl.fraction_evaluate": 0.0,
+            "fl.round_timeout": 60.0,
+            "fl.min_sites": 2,
+        },
     )
     root = tmp_path / "deployment"
     # fl.min_available_nodes keeps its default (2): never forced to the number of sites (3).

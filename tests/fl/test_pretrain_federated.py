@@ -38,7 +38,7 @@ def config(pool, **dotted):
     base = {"pretrain.pool": str(pool), "pretrain.method": "dino", "pretrain.sites": 2,
             "model.arch": "swin_test", "model.crop": 32, "train.epochs": 1,
             "train.batch_size": 8, "train.lr": 1e-3, "fl.rounds": 2, "fl.strategy": "fedavg",
-            "fl.min_train_nodes": 2, "fl.min_available_nodes": 2}  # fmt: skip
+            "fl.min_train_nodes": 2, "fl.min_available_nodes": 2, "fl.min_sites": 2}  # fmt: skip
     return RunConfig.from_flat({**base, **dotted})
 
 
@@ -85,7 +85,8 @@ def test_pretrain_federated_command_writes_a_foundation(pool_file, tmp_path):
     result = CliRunner().invoke(app, [
         "pretrain", "--federated", "--data", str(pool_file), "--out", str(out), "--arch",
         "swin_test", "--method", "dino", "--epochs", "1", "--batch-size", "8", "--sites", "2",
-        "--rounds", "2", "--set", "compress.uplink=int8", "--no-progress", "--json",
+        "--rounds", "2", "--set", "compress.uplink=int8", "--set", "fl.min_sites=2",
+        "--no-progress", "--json",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     text = result.stdout

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fedprostate.cli import app
 from fedprostate.engine import setup
-from fedprostate.fl import client_app as client_app_module
+from fedprostate.fl import client as client_module
 from fedprostate.fl import wire
 from fedprostate.fl.client import site_limits
 from fedprostate.fl.client_app import make_client_app
@@ -113,14 +113,14 @@ def _all_bytes(msg) -> bytes:
 @pytest.mark.slow
 def test_secagg_server_never_holds_a_site_update_and_survives_a_drop(tmp_path, monkeypatch):
     plain: dict[str, tuple[dict, float]] = {}
-    real = client_app_module.train_round
+    real = client_module.train_round  # the ClientApp calls it through the module (lazily)
 
     def spy(cfg, site, *args, **kwargs):
         out, metrics = real(cfg, site, *args, **kwargs)
         plain[site.name] = ({k: v.copy() for k, v in out.items()}, metrics["num-examples"])
         return out, metrics
 
-    monkeypatch.setattr(client_app_module, "train_round", spy)
+    monkeypatch.setattr(client_module, "train_round", spy)
     upstream: list[bytes] = []
 
     def observe(direction, msg):

@@ -36,7 +36,6 @@ def run_pretrain_server(grid, cfg: RunConfig) -> dict:
     task = build_task(cfg)
     arrays = global_numpy(task)
     strategy = make_strategy(cfg.replace(**{"fl.fraction_evaluate": 0.0}), cfg.pretrain.sites)
-    strategy.train_metrics = PRETRAIN_METRICS  # no labels, so no validation AUROC in a reply
     random.seed(cfg.seed)
     offset, wall_before = 0, 0.0
     if cfg.resume and (ckpt := recorder.latest_checkpoint()) is not None:
@@ -49,6 +48,8 @@ def run_pretrain_server(grid, cfg: RunConfig) -> dict:
         recorder.metrics_path.unlink(missing_ok=True)
     recorder.write_config(cfg.to_toml(), cfg.to_flat())
     strategy.attach(shapes_of(task), cfg.compress.downlink, cfg.seed, "", offset)
+    # after attach (which sets the fine-tuning whitelist): no labels, so no validation AUROC
+    strategy.train_metrics = PRETRAIN_METRICS
 
     def evaluate_fn(server_round: int, record):
         current = server_round + offset

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprostate.config import RunConfig
+from fedprostate.config import ConfigError, RunConfig
 from fedprostate.data.unlabeled import NORMALIZATION, extract_pool, load_pool, save_pool
 from fedprostate.fl.pretrain_site import build_task, load_global, site_crops, site_names
 from fedprostate.fl.simulation import simulate
@@ -69,6 +69,12 @@ def _pool_file(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, dict]:
 def federate_pretrain(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     """Run the simulation; write the foundation checkpoint at ``out``; return a summary."""
     out = Path(out)
+    if cfg.pretrain.sites < cfg.fl.min_sites:
+        raise ConfigError(
+            f"fl.min_sites = {cfg.fl.min_sites}: federated pre-training over {cfg.pretrain.sites} "
+            "sites would never aggregate (no aggregate from fewer sites); use more --sites or "
+            "lower fl.min_sites"
+        )
     run_dir = run_folder(out).resolve()
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise ValueError(
