@@ -222,3 +222,10 @@ def evaluate_received(
     """``evaluate_round`` of the broadcast as it arrived (decoded here with ``downlink``)."""
     global_tensors = decode_global(cfg, received, downlink)
     return evaluate_round(cfg, site, server_round, global_tensors, split, expected_sha)
+
+
+def run_step(op: str, cfg: RunConfig, site: SiteContext, server_round: int, received, kwargs):
+    """One message's work: ``train_round`` for "train", else ``evaluate_received`` (the same
+    dispatch for a ClientApp that works itself and for a site's warm process)."""
+    step = train_round if op == "train" else evaluate_received
+    return step(cfg, site, server_round, received, **kwargs)

@@ -71,8 +71,7 @@ def _run(op: str, overrides, context: Context, site: SiteContext, **call):
     from fedprostate.fl import client  # torch, timm, peft: only where the work is done here
 
     cfg = config_from_context(context.run_config, overrides, context.node_config)
-    step = client.train_round if op == "train" else client.evaluate_received
-    return step(cfg, site, call["server_round"], call["received"], **call["kwargs"])
+    return client.run_step(op, cfg, site, call["server_round"], call["received"], call["kwargs"])
 
 
 def make_client_app(overrides: dict | None = None) -> ClientApp:

@@ -58,8 +58,9 @@ def _handle(request: dict):
 
     cfg = config_from_context(request["run_config"], request["overrides"], request["node_config"])
     site = client.site_context(cfg, request["node_config"], cfg.out)
-    step = client.train_round if request["op"] == "train" else client.evaluate_received
-    return step(cfg, site, request["server_round"], request["received"], **request["kwargs"])
+    return client.run_step(
+        request["op"], cfg, site, request["server_round"], request["received"], request["kwargs"]
+    )
 
 
 def serve(state_dir: str | Path, idle_s: float, owner_pid: int = 0) -> None:

@@ -217,9 +217,14 @@ def make_node_keys(out_dir: str | Path, name: str) -> NodeKeys:
     """An ECDSA P-384 key pair in OpenSSH format (as ``ssh-keygen -t ecdsa -b 384``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = out / name
-    public = out / f"{name}.pub"
+    private, public = write_openssh_pair(ec.generate_private_key(ec.SECP384R1()), out, name)
+    return NodeKeys(private, public)
+
+
+def write_openssh_pair(key, out_dir: Path, name: str) -> tuple[Path, Path]:
+    """Write ``key`` as OpenSSH files ``NAME`` (private, 0600) and ``NAME.pub`` (commented
+    with ``name``), as ``ssh-keygen`` does; returns (private, public)."""
+    private, public = out_dir / name, out_dir / f"{name}.pub"
     write_private(
         private,
         key.private_bytes(
@@ -234,4 +239,4 @@ def make_node_keys(out_dir: str | Path, name: str) -> NodeKeys:
         )
         + f" {name}\n".encode()
     )
-    return NodeKeys(private, public)
+    return private, public

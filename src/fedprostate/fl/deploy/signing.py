@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.cli.build import build_fab_from_disk
 from flwr.supercore.primitives.asymmetric_ed25519 import (
@@ -43,7 +42,7 @@ from flwr.supercore.primitives.asymmetric_ed25519 import (
     sign_message,
 )
 
-from fedprostate.fl.deploy.certs import write_private
+from fedprostate.fl.deploy.certs import write_openssh_pair
 
 DEFAULT_KEY_ID = "fedprostate-consortium"
 
@@ -63,24 +62,7 @@ class SignedApp:
 
 def make_signing_key(out_dir: str | Path, name: str = "consortium_app_key") -> tuple[Path, Path]:
     """An OpenSSH Ed25519 key pair, as ``ssh-keygen -t ed25519 -N "" -f NAME`` makes it."""
-    out = Path(out_dir)
-    key = ed25519.Ed25519PrivateKey.generate()
-    private, public = out / name, out / f"{name}.pub"
-    write_private(
-        private,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        ),
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        + f" {name}\n".encode()
-    )
-    return private, public
+    return write_openssh_pair(ed25519.Ed25519PrivateKey.generate(), Path(out_dir), name)
 
 
 def app_identity(app_dir: str | Path) -> tuple[str, str, str]:
