@@ -57,6 +57,8 @@ def test_utility_vs_epsilon_puts_each_point_and_ci_where_the_data_says():
     )
     assert inf_points == [(0.80, (0.0, 0.72, 0.88)), (0.81, (0.0, 0.66, 0.91))]
     assert [t.get_text() for t in inf_ax.get_xticklabels()] == ["∞\n(no DP)"]
+    low, high = ax.get_ylim()  # every CI inside the axes (the dodged bars do not autoscale)
+    assert low <= 0.40 and high >= 0.91
     # the no-DP reference across the finite axis
     assert any(np.allclose(line.get_ydata(), 0.81) for line in ax.get_lines())
     import matplotlib.pyplot as plt

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     average_precision_score,
     precision_recall_curve,
@@ -268,23 +269,34 @@ def utility_vs_epsilon_figure(
         1, 2, sharey=True, figsize=(6.5, 4), gridspec_kw={"width_ratios": [5, 1]}
     )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn: list[tuple] = []
     for i, (level, points) in enumerate(levels.items()):
         pts = [_estimate_ci(p) for p in points]
         finite = sorted(p for p in pts if np.isfinite(p[0]))
         infinite = [p for p in pts if not np.isfinite(p[0])]
         colour = colours[i % len(colours)]
+        drawn += pts
         if any(p[0] <= 0 for p in finite):
             raise ValueError(f"level {level!r}: epsilon must be > 0 for a log axis")
-        if finite:
-            _errorbar(ax, [p[0] for p in finite], finite, color=colour, label=level)
-        if infinite:
-            _errorbar(inf_ax, [0.0] * len(infinite), infinite, color=colour, ls="none")
+        # levels side by side at the same epsilon (a shift in points: the data stay exact)
+        shift = (i - (len(levels) - 1) / 2) * 5 / 72
+        for a, pts_here in ((ax, finite), (inf_ax, infinite)):
+            if pts_here:
+                xs = [p[0] if a is ax else 0.0 for p in pts_here]
+                moved = a.transData + ScaledTranslation(shift, 0, fig.dpi_scale_trans)
+                _errorbar(a, xs, pts_here, color=colour, transform=moved,
+                          label=level if a is ax else None, ls="-" if a is ax else "none")  # fmt: skip
     if no_dp is not None:
         ref = _estimate_ci((np.inf, *no_dp) if not isinstance(no_dp, Mapping) else no_dp)
+        drawn.append(ref)
         _errorbar(inf_ax, [0.0], [ref], color="black", ls="none", label="no DP")
         ax.axhline(ref[1], c="black", ls=":", lw=1, label=f"no DP ({ref[1]:.3f})")
+    ys = [v for p in drawn for v in p[1:] if np.isfinite(v)]
+    if ys:  # the shifted artists do not take part in autoscaling
+        pad = 0.05 * max(max(ys) - min(ys), 0.1)
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
     ax.set_xscale("log")
-    ticks = sorted({p[0] for v in levels.values() for p in map(_estimate_ci, v)} - {np.inf})
+    ticks = sorted({p[0] for p in drawn if np.isfinite(p[0])})
     if ticks:
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_locator(NullLocator())
