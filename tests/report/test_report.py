@@ -180,3 +180,28 @@ def test_report_of_a_run_without_dp_says_so(run_dir):
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "No differential privacy" in md
     assert "ε cumulative" not in md and not (run_dir / "plots" / "epsilon_vs_round.png").exists()
+
+
+def test_budget_status_says_whether_the_budget_was_reached():
+    from fedprostate.config import RunConfig
+    from fedprostate.engine import privacy
+    from fedprostate.report.privacy_section import budget_status
+
+    cfg = RunConfig.from_flat(
+        {"fl.strategy": "fedavg", "privacy.client": "server-fixed",
+         "privacy.noise_multiplier": 1.0, "privacy.delta": 1e-3, "privacy.epsilon": 6.0}
+    )  # fmt: skip
+    after = {r: privacy.round_report(cfg, {}, r) for r in (1, 2, 3)}
+    eps = {r: a["client"]["epsilon"] for r, a in after.items()}
+    assert eps[2] < 6.0 < eps[3]
+    # the server's mid-run stop, with the reason it records (fl.server.PrivacyStop)
+    stopped = {"round": 2, "best_round": 2, "reason": privacy.budget_problem(cfg, after[3])}
+    assert budget_status(after[2], 6.0, stopped).startswith(
+        "budget ε = 6 reached: training stopped after round 2"
+    )
+    assert budget_status(after[1], 6.0, None).startswith(
+        f"budget ε = 6 not reached: ε {eps[1]:.3g} of 6 spent"
+    )
+    assert budget_status(after[3], 6.0, None).startswith("budget ε = 6 EXCEEDED")
+    assert budget_status(after[2], eps[2], None).startswith(f"budget ε = {eps[2]:g} reached")
+    assert budget_status(after[2], 0.0, None).startswith("no budget set")

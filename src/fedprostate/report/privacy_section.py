@@ -63,7 +63,7 @@ def budget_status(privacy: dict, budget: float, stopped: dict | None) -> str:
         return "no budget set (`privacy.epsilon` = 0): epsilon is reported, not limited"
     spent = max(privacy[k]["epsilon"] for k in LEVELS if k in privacy)
     share = f"ε {_num(spent)} of {budget:g} spent ({100 * spent / budget:.0f}%)"
-    if stopped and "budget" in str(stopped.get("reason", "")):
+    if stopped and "privacy.epsilon" in str(stopped.get("reason", "")):  # a PrivacyStop
         return (
             f"budget ε = {budget:g} reached: training stopped after round {stopped['round']} "
             f"(the next round would exceed it); {share}"
