@@ -5,7 +5,9 @@ arm): no DP; client-level DP (server-side fixed clipping) and patient-level DP-S
 noise the accountant says reaches the target epsilon (delta = 1 / training patients) after all
 rounds; plain FedAvg vs SecAgg+ for the cost. Every run goes through the real ServerApp code
 with the real ClientApps over an in-process Grid (no Ray), FedAvg. Test AUROC is the pooled test
-split; the attack is ``fedprostate audit`` (loss attack, per patient).
+split, with a patient-bootstrap 95% CI; the attack is ``fedprostate audit`` (loss attack, per
+patient). The utility-vs-epsilon plot (``report.plots.plot_utility_vs_epsilon``) and the numbers
+(JSON) are written next to each other (``--plot``, default WORK/utility_vs_epsilon.png).
 
     python benchmarks/privacy.py [--sites 3] [--patients 40] [--rounds 3] [--eps 1,3,8]
 """
@@ -26,9 +28,12 @@ from fedprostate.config import RunConfig
 from fedprostate.data.prepare import prepare
 from fedprostate.data.synth.federation import synthesize
 from fedprostate.engine import privacy, setup
+from fedprostate.eval.metrics import evaluate_predictions
 from fedprostate.fl.client_app import make_client_app
 from fedprostate.fl.inproc import InProcessGrid
 from fedprostate.fl.server import run_server
+from fedprostate.records import predictions
+from fedprostate.report.plots import plot_utility_vs_epsilon
 from fedprostate.runs.audit import audit_run
 
 
@@ -44,6 +49,34 @@ def _run(cfg: RunConfig, out: Path) -> tuple[dict, list[dict], float]:
     return summary, [r for r in rounds if r["round"] > 0], wall
 
 
+def auroc_with_ci(out: Path, n_boot: int) -> dict:
+    """Test AUROC of the shipped round (finding level) with its patient-bootstrap 95% CI."""
+    rows = predictions.read(out / "predictions_test_best.csv")
+    return evaluate_predictions(rows, n_boot=n_boot, seed=0)["lesion"]["auroc"]
+
+
+def _value(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+LEVEL_NAMES = {"client": "client level (server-fixed)", "patient": "patient level (DP-SGD)"}
+
+
+def save_plot(rows: list[dict], path: Path, title: str) -> Path:
+    """The utility-vs-epsilon plot and its numbers (``path`` with .json) from the result rows."""
+    levels: dict[str, list] = {}
+    no_dp = None
+    for r in rows:
+        point = (r["auroc"]["estimate"], r["auroc"]["low"], r["auroc"]["high"])
+        if r["level"] == "none":
+            no_dp = point
+        else:
+            levels.setdefault(LEVEL_NAMES[r["level"]], []).append((r["epsilon"], *point))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return plot_utility_vs_epsilon(levels, path, no_dp=no_dp, title=title)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=3)
@@ -53,7 +86,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="Local steps per round.")
     ap.add_argument("--eps", default="1,3,8", help="Target epsilons (comma-separated).")
+    ap.add_argument("--n-boot", type=int, default=1000, help="Bootstrap draws of the test CI.")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="PNG (default WORK/...).")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="privacy_bench_"))
     raw, cache = work / "raw", work / "cache"
@@ -96,27 +131,40 @@ def main() -> None:
         out = work / f"run_{level}_{eps:g}"
         summary, _, wall = _run(cfg, out)
         attack = audit_run(out, n_boot=200)
-        rows.append((level, eps, dotted, summary, attack, wall))
-    ref = rows[0][3].get("test_auroc", math.nan)
+        rows.append((level, eps, dotted, summary, attack, wall, auroc_with_ci(out, args.n_boot)))
+    ref = _value(rows[0][6]["estimate"])
     table = Table(
         title=f"Utility vs epsilon: {args.sites} sites x {args.patients} patients, {args.arch} "
         f"LoRA (MLP) {args.crop} px, {args.rounds} rounds x {args.steps} steps, delta = {delta:.2g}"
     )
-    for col in ("DP level", "target eps", "noise z", "reported eps", "test AUROC", "Δ vs no DP",
+    for col in ("DP level", "target eps", "noise z", "reported eps", "test AUROC [95% CI]",
+                "Δ vs no DP",
                 "attack AUC (loss) [95% CI]", "DP AUC bound", "wall s"):  # fmt: skip
         table.add_column(col, justify="left" if col == "DP level" else "right")
-    for level, eps, dotted, summary, attack, wall in rows:
+    results = []
+    for level, eps, dotted, summary, attack, wall, ci in rows:
         z = dotted.get("privacy.noise_multiplier", dotted.get("privacy.dp_sgd_noise"))
         rep = (summary.get("privacy") or {}).get("epsilon_patient_bound", math.inf)
-        auc = summary.get("test_auroc", math.nan)
+        auc = _value(ci["estimate"])
+        if abs(auc - _value(summary.get("test_auroc"))) > 1e-9:  # (NaN: an undefined AUROC)
+            print(f"note: {level} {eps:g}: summary test_auroc {summary.get('test_auroc')} != {auc}")
         loss = attack["attacks"]["loss"]
+        results.append({"level": level, "epsilon": eps, "noise": z, "reported_epsilon": rep,
+                        "auroc": ci, "attack_auc": loss["auc"], "wall_s": wall})  # fmt: skip
         table.add_row(
-            level, f"{eps:g}", f"{z:.3f}" if z else "-", f"{rep:.3g}", f"{auc:.3f}",
+            level, f"{eps:g}", f"{z:.3f}" if z else "-", f"{rep:.3g}",
+            f"{auc:.3f} [{_value(ci['low']):.2f}, {_value(ci['high']):.2f}]",
             f"{auc - ref:+.3f}", f"{loss['auc']:.3f} [{loss['ci_low']:.2f}, {loss['ci_high']:.2f}]",
             f"{attack['privacy']['auc_bound']:.3f}", f"{wall:.0f}",
         )  # fmt: skip
     console = Console(width=200)
     console.print(table)
+    plot = save_plot(
+        results,
+        args.plot or work / "utility_vs_epsilon.png",
+        f"Test AUROC vs ε ({args.sites} sites x {args.patients} patients, {args.rounds} rounds)",
+    )
+    console.print(f"utility vs epsilon: {plot} (numbers: {plot.with_suffix('.json')})")
 
     cost = Table(title=f"SecAgg+ cost per round, {args.sites} sites (FedAvg, fp32 LoRA payload)")
     for col in ("aggregation", "s / round", "KB up / site / round", "KB down / site / round"):

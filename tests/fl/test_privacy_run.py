@@ -20,6 +20,7 @@ from fedprostate.fl.client_app import make_client_app
 from fedprostate.fl.inproc import InProcessGrid
 from fedprostate.fl.secagg import tolerance
 from fedprostate.fl.server import run_server
+from fedprostate.report.run_report import write_run_report
 from fl_fixtures import tiny_config, write_tiny_cache
 
 
@@ -100,6 +101,12 @@ def test_dp_epsilon_per_round_and_site_evaluation_cap(tmp_path):
     assert loss["ci_low"] <= loss["auc"] <= loss["ci_high"]
     assert report["privacy"]["epsilon"] == pytest.approx(eps[1])
     assert 0.5 < report["privacy"]["auc_bound"] < 1
+    # the run report shows the guarantee: the mechanism and the accountant's epsilon per round
+    write_run_report(tmp_path / "run", n_boot=20)
+    md = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    row = next(x for x in md.splitlines() if x.startswith("| client level (site) |"))
+    assert "`server-fixed`" in row and row.rstrip(" |").endswith(f"{eps[1]:.3g}")
+    assert f"| 2 | {eps[0]:.3g} | {eps[1]:.3g} |" in md
 
 
 def _all_bytes(msg) -> bytes:

@@ -99,3 +99,109 @@ def test_doc_renders_the_same_table_in_both_formats(tmp_path):
     md, page = doc.write(tmp_path)
     assert "| 2 | a\\|b |" in md.read_text(encoding="utf-8")
     assert '<td class="reproduced">reproduced</td>' in page.read_text(encoding="utf-8")
+
+
+def _dp_copy(run_dir, tmp_path):
+    """The run folder as a client-level (server-adaptive) + patient-level DP run recorded it:
+    the accountant's numbers per round in metrics.jsonl, the run's in summary.json, the
+    mechanism and budget in config.toml."""
+    import shutil
+
+    from fedprostate.config import RunConfig
+    from fedprostate.engine import privacy
+
+    dp_dir = tmp_path / "dp_run"
+    shutil.copytree(run_dir, dp_dir)
+    cfg = RunConfig.load(dp_dir / "config.toml", saved=True).replace(
+        **{
+            "fl.strategy": "fedavg", "finetune.lora_attn": False, "finetune.lora_mlp": True,
+            "privacy.client": "server-adaptive", "privacy.noise_multiplier": 0.7,
+            "privacy.clipped_count_stddev": 0.5, "privacy.clip_norm": 0.25,
+            "privacy.dp_sgd": True, "privacy.dp_sgd_noise": 1.3, "privacy.dp_sgd_clip": 0.8,
+            "privacy.delta": 2e-3, "privacy.epsilon": 40.0, "train.steps": 3,
+        }
+    )  # fmt: skip
+    (dp_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+    sizes = {"siteA": 12, "siteB": 30}
+    lines = [json.loads(x) for x in (dp_dir / "metrics.jsonl").read_text("utf-8").splitlines()]
+    for i, line in enumerate(r for r in lines if r["round"] > 0):
+        line["privacy"] = privacy.round_report(cfg, sizes, line["round"])
+        line["dp"] = {"clip_norm": 0.25 * 0.9**i, "noise_std": 0.1 + i, "replies": 2}
+    last = max(r["round"] for r in lines)
+    (dp_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8"
+    )
+    summary = json.loads((dp_dir / "summary.json").read_text(encoding="utf-8"))
+    summary["privacy"] = {
+        **privacy.round_report(cfg, sizes, last),
+        "model_round_epsilon_patient_bound": 0.5,
+    }
+    (dp_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return dp_dir, summary["privacy"], [r for r in lines if r["round"] > 0]
+
+
+def _row(md: str, first_cell: str) -> list[str]:
+    line = next(x for x in md.splitlines() if x.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_of_a_dp_run_shows_its_guarantee(run_dir, tmp_path):
+    dp_dir, recorded, rounds = _dp_copy(run_dir, tmp_path)
+    assert len(rounds) >= 2 and recorded["client"]["epsilon"] != recorded["patient"]["epsilon"]
+    write_run_report(dp_dir, n_boot=50)
+    md = (dp_dir / "report.md").read_text(encoding="utf-8")
+    html = (dp_dir / "report.html").read_text(encoding="utf-8")
+    assert "No differential privacy" not in md
+    c, p = recorded["client"], recorded["patient"]
+    # mutants: the section dropped, the round's ε shown as cumulative, the levels swapped -> fail
+    client = _row(md, "client level (site)")
+    assert "`server-adaptive`" in client[1] and "clipped at the server" in client[1]
+    assert (
+        client[2] == "0.7"
+        and client[3] == f"0.25 → {0.25 * 0.9 ** (len(rounds) - 1):.3g} (adaptive)"
+    )
+    assert client[4:] == [f"{c['epsilon_round']:.3g}", f"{c['epsilon']:.3g}"]
+    patient = _row(md, "patient level (DP-SGD)")
+    assert patient[2:] == ["1.3", "0.8", f"{p['epsilon_round']:.3g}", f"{p['epsilon']:.3g}"]
+    assert f"δ = {recorded['delta']:.3g}" in md
+    assert f"budget ε = 40 not reached: ε {max(c['epsilon'], p['epsilon']):.3g} of 40" in md
+    # ε per round, from each round's line of metrics.jsonl
+    for r in rounds:
+        cells = _row(md, str(r["round"]))
+        rc, rp = r["privacy"]["client"], r["privacy"]["patient"]
+        assert cells[1:5] == [f"{rc['epsilon_round']:.3g}", f"{rc['epsilon']:.3g}",
+                              f"{rp['epsilon_round']:.3g}", f"{rp['epsilon']:.3g}"]  # fmt: skip
+    assert (dp_dir / "plots" / "epsilon_vs_round.png").exists()
+    assert "Cumulative ε vs round" in html and f"{c['epsilon']:.3g}" in html
+
+
+def test_report_of_a_run_without_dp_says_so(run_dir):
+    write_run_report(run_dir, n_boot=50)
+    md = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "No differential privacy" in md
+    assert "ε cumulative" not in md and not (run_dir / "plots" / "epsilon_vs_round.png").exists()
+
+
+def test_budget_status_says_whether_the_budget_was_reached():
+    from fedprostate.config import RunConfig
+    from fedprostate.engine import privacy
+    from fedprostate.report.privacy_section import budget_status
+
+    cfg = RunConfig.from_flat(
+        {"fl.strategy": "fedavg", "privacy.client": "server-fixed",
+         "privacy.noise_multiplier": 1.0, "privacy.delta": 1e-3, "privacy.epsilon": 6.0}
+    )  # fmt: skip
+    after = {r: privacy.round_report(cfg, {}, r) for r in (1, 2, 3)}
+    eps = {r: a["client"]["epsilon"] for r, a in after.items()}
+    assert eps[2] < 6.0 < eps[3]
+    # the server's mid-run stop, with the reason it records (fl.server.PrivacyStop)
+    stopped = {"round": 2, "best_round": 2, "reason": privacy.budget_problem(cfg, after[3])}
+    assert budget_status(after[2], 6.0, stopped).startswith(
+        "budget ε = 6 reached: training stopped after round 2"
+    )
+    assert budget_status(after[1], 6.0, None).startswith(
+        f"budget ε = 6 not reached: ε {eps[1]:.3g} of 6 spent"
+    )
+    assert budget_status(after[3], 6.0, None).startswith("budget ε = 6 EXCEEDED")
+    assert budget_status(after[2], eps[2], None).startswith(f"budget ε = {eps[2]:g} reached")
+    assert budget_status(after[2], 0.0, None).startswith("no budget set")

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     average_precision_score,
     precision_recall_curve,
@@ -205,6 +207,121 @@ def plot_auroc_vs_mb(
     ax.set_title(title or f"{metric.upper()} vs communication")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_epsilon_vs_round(
+    levels: Mapping[str, Sequence],
+    path,
+    budget: float = 0.0,
+    auroc: Sequence | None = None,
+    title: str | None = None,
+) -> Path:
+    """Cumulative epsilon vs round, one line per DP level (level -> [(round, epsilon)]), with
+    the budget ``privacy.epsilon`` dashed when one is set (> 0); with ``auroc`` ([(round,
+    value)], the validation AUROC) a panel on its left shows what the privacy bought."""
+    _require(levels, "DP levels")
+    if auroc:
+        fig, (left, ax) = plt.subplots(1, 2, figsize=(9, 3.6))
+        rounds, values = _pairs(auroc, "round", "auroc")
+        left.plot(rounds, values, marker="o", markersize=3, c="black")
+        left.set(xlabel="round", ylabel="validation AUROC", title="Validation AUROC")
+        left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+    for level, history in levels.items():
+        rounds, eps = _pairs(history, "round", "epsilon")
+        ax.plot(rounds, eps, marker="o", markersize=3, label=level)
+    if budget > 0:
+        ax.axhline(budget, ls="--", c="grey", lw=1, label=f"budget ε = {budget:g}")
+    ax.set(xlabel="round", ylabel="cumulative ε", title=title or "Privacy spent (cumulative ε)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _estimate_ci(point) -> tuple[float, float, float, float]:
+    """(epsilon, estimate, low, high) from a tuple or a dict; a missing CI bound is NaN."""
+    if isinstance(point, Mapping):
+        point = (point["epsilon"], point["estimate"], point.get("low"), point.get("high"))
+    eps, est, low, high = (np.nan if v is None else float(v) for v in point)
+    return eps, est, low, high
+
+
+def _errorbar(ax, xs, points, **kwargs):
+    est = np.array([p[1] for p in points])
+    lo = np.array([p[1] - p[2] for p in points])
+    hi = np.array([p[3] - p[1] for p in points])
+    yerr = np.nan_to_num(np.vstack([lo, hi]), nan=0.0)  # no CI: no bar
+    return ax.errorbar(xs, est, yerr=yerr, capsize=3, marker="o", **kwargs)
+
+
+def utility_vs_epsilon_figure(
+    levels: Mapping[str, Sequence],
+    no_dp=None,
+    metric: str = "test AUROC",
+    title: str | None = None,
+):
+    """The figure of :func:`plot_utility_vs_epsilon` (not saved): axes[0] holds the finite
+    epsilons on a log scale, axes[1] the infinite one (no DP) as a separate marker."""
+    _require(levels, "DP levels")
+    fig, (ax, inf_ax) = plt.subplots(
+        1, 2, sharey=True, figsize=(6.5, 4), gridspec_kw={"width_ratios": [5, 1]}
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn: list[tuple] = []
+    for i, (level, points) in enumerate(levels.items()):
+        pts = [_estimate_ci(p) for p in points]
+        finite = sorted(p for p in pts if np.isfinite(p[0]))
+        infinite = [p for p in pts if not np.isfinite(p[0])]
+        colour = colours[i % len(colours)]
+        drawn += pts
+        if any(p[0] <= 0 for p in finite):
+            raise ValueError(f"level {level!r}: epsilon must be > 0 for a log axis")
+        # levels side by side at the same epsilon (a shift in points: the data stay exact)
+        shift = (i - (len(levels) - 1) / 2) * 5 / 72
+        for a, pts_here in ((ax, finite), (inf_ax, infinite)):
+            if pts_here:
+                xs = [p[0] if a is ax else 0.0 for p in pts_here]
+                moved = a.transData + ScaledTranslation(shift, 0, fig.dpi_scale_trans)
+                _errorbar(a, xs, pts_here, color=colour, transform=moved,
+                          label=level if a is ax else None, ls="-" if a is ax else "none")  # fmt: skip
+    if no_dp is not None:
+        ref = _estimate_ci((np.inf, *no_dp) if not isinstance(no_dp, Mapping) else no_dp)
+        drawn.append(ref)
+        _errorbar(inf_ax, [0.0], [ref], color="black", ls="none", label="no DP")
+        ax.axhline(ref[1], c="black", ls=":", lw=1, label=f"no DP ({ref[1]:.3f})")
+    ys = [v for p in drawn for v in p[1:] if np.isfinite(v)]
+    if ys:  # the shifted artists do not take part in autoscaling
+        pad = 0.05 * max(max(ys) - min(ys), 0.1)
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    ax.set_xscale("log")
+    ticks = sorted({p[0] for p in drawn if np.isfinite(p[0])})
+    if ticks:
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
+    ax.set(xlabel="ε (log scale)", ylabel=metric, title=title or f"{metric} vs ε")
+    inf_ax.set_xlim(-1, 1)
+    inf_ax.set_xticks([0.0], ["∞\n(no DP)"])
+    inf_ax.tick_params(axis="y", left=False)
+    for a in (ax, inf_ax):
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_utility_vs_epsilon(
+    levels: Mapping[str, Sequence],
+    path,
+    no_dp=None,
+    metric: str = "test AUROC",
+    title: str | None = None,
+) -> Path:
+    """Utility vs epsilon, one line per DP level, CI bars. levels: level -> [(epsilon,
+    estimate, low, high)] or dicts with those keys (low/high None: no bar); epsilon = inf goes
+    to a separate marker right of the log axis, as does ``no_dp`` (estimate, low, high)."""
+    return _save(utility_vs_epsilon_figure(levels, no_dp, metric, title), path)
 
 
 def png_to_data_uri(path) -> str:

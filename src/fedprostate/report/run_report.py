@@ -14,6 +14,7 @@ from pathlib import Path
 from fedprostate.eval.metrics import headline
 from fedprostate.report import plots
 from fedprostate.report.document import Doc
+from fedprostate.report.privacy_section import privacy_section
 from fedprostate.report.run_data import (
     RunData,
     adc_baseline_rows,
@@ -200,6 +201,7 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
     bytes_rows = _bytes_table(data)
     if bytes_rows:
         doc.table(["site", "MB up / round", "MB down / round"], bytes_rows, "Bytes on the wire")
+    privacy_section(doc, data.summary, data.config, data.rounds, figdir)
 
 
 def _bytes_table(data: RunData) -> list[list[str]]:
