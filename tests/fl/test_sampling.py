@@ -1,0 +1,82 @@
+"""Client sampling across a kill and --resume: the sites each round samples are those of the
+uninterrupted run, although the restarted server's generator starts afresh and the restarted
+simulation gives the sites other node ids (Flower draws them from os.urandom)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+
+from fedprostate.config import RunConfig
+from fedprostate.fl import wire
+from fedprostate.fl.client_app import make_client_app
+from fedprostate.fl.inproc import InProcessGrid
+from fedprostate.fl.strategies import make_strategy
+
+SITES = [f"site{c}" for c in "ABCDE"]
+SHAPES = {"head.weight": (4,)}
+SEED = 7
+CFG = RunConfig.from_flat(
+    {
+        "seed": SEED,
+        "fl.strategy": "fedadam",
+        "fl.fraction_train": 0.4,  # 2 of 5 sites train each round
+        "fl.fraction_evaluate": 0.6,  # 3 of 5 evaluate
+        "fl.min_sites": 2,
+        "fl.min_train_nodes": 2,
+        "fl.min_available_nodes": 2,
+    }
+)
+
+
+def _process(order: list[int], round_offset: int):
+    """A fresh server process: the generator seeded as run_server seeds it, a strategy resumed
+    after ``round_offset`` rounds, and a grid whose node 101 + i is site ``order[i]``."""
+    random.seed(SEED)
+    grid = InProcessGrid(
+        make_client_app(), len(SITES), node_config=lambda i: {"site": SITES[order[i]]}
+    )
+    strategy = make_strategy(CFG, num_clients=len(SITES))
+    strategy.attach(SHAPES, "fp32", SEED, "abc", round_offset, node_wait=5.0)
+    return strategy, grid
+
+
+def _sampled(strategy, grid, rounds: range) -> list[tuple[list[str], list[str]]]:
+    """Per round: the sites sent a training message, then those sent an evaluation message."""
+    arrays = wire.to_record({"head.weight": np.zeros(4, np.float32)})
+    out = []
+    for r in rounds:
+        per_phase = []
+        for configure in (strategy.configure_train, strategy.configure_evaluate):
+            messages = configure(r, arrays, ConfigRecord(), grid)
+            sites = [grid.contexts[m.metadata.dst_node_id].node_config["site"] for m in messages]
+            per_phase.append(sorted(sites))
+        out.append(tuple(per_phase))
+        random.random()  # what else draws from the global generator (Flower's retry jitter)
+    return out
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_resumed_run_samples_the_sites_of_the_uninterrupted_run():
+    strategy, grid = _process([0, 1, 2, 3, 4], round_offset=0)
+    uninterrupted = _sampled(strategy, grid, range(1, 9))
+    # Sampling really subsamples, and not the same sites every round.
+    assert all(len(train) == 2 and len(evaluate) == 3 for train, evaluate in uninterrupted)
+    assert len({tuple(train) for train, _ in uninterrupted}) > 2
+
+    strategy, grid = _process([0, 1, 2, 3, 4], round_offset=0)
+    before_kill = _sampled(strategy, grid, range(1, 4))
+    strategy, grid = _process([3, 0, 4, 2, 1], round_offset=3)  # other node ids per site
+    after_resume = _sampled(strategy, grid, range(1, 6))
+    assert before_kill + after_resume == uninterrupted
+
+
+@pytest.fixture
+def server_identity(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, attr, value)
