@@ -80,3 +80,17 @@ def server_identity(monkeypatch):
 
     for attr, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
         monkeypatch.setattr(TaskIdentity, attr, value)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_pretraining_sites_answer_the_site_query():
+    """Federated pre-training samples through the same hooks: its ClientApp must answer too
+    (without a query handler every node stayed unknown and was ordered by its random id)."""
+    from fedprostate.fl.pretrain_apps import make_pretrain_client_app
+    from fedprostate.fl.sampling import ask_sites
+
+    order = [2, 0, 1]
+    grid = InProcessGrid(
+        make_pretrain_client_app(), 3, node_config=lambda i: {"site": f"site{order[i]}"}
+    )
+    assert ask_sites(grid, grid.nodes, timeout=5.0) == {101: "site2", 102: "site0", 103: "site1"}
