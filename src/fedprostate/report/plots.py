@@ -170,6 +170,9 @@ def plot_per_site(
             err_hi.append(0 if e is None or ci.get("high") is None else ci["high"] - e)
         x = np.arange(len(sites)) + (i - (len(per_model) - 1) / 2) * width
         ax.bar(x, est, width, yerr=[err_lo, err_hi], capsize=3, label=model)
+        for xi, e in zip(x, est, strict=True):  # a site without a value (one class): said
+            if not np.isfinite(e):
+                ax.text(xi, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(np.arange(len(sites)), sites, rotation=45, ha="right")
     ax.set(ylabel=metric.upper(), title=title or f"{metric.upper()} per site (95% CI)")
     if metric in ("auroc", "ap"):  # a band above 1 for the legend: it never hides a bar
