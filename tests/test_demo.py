@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedprostate.demo import load_demo_config
+from report_checks import render_problems
 
 
 def test_demo_config_overrides_and_quick():
@@ -40,6 +41,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "swin_test.safetensors" in config
     html = (run / "report.html").read_text(encoding="utf-8")
     assert all(s.startswith("data:") for s in re.findall(r'src="([^"]*)"', html))
+    assert render_problems(run / "report.html") == []  # figures, square tables, offline
     assert str(run / "report.html") in result.output.replace("\n", "")
     evaluation = json.loads((run / "evaluation.json").read_text(encoding="utf-8"))
     assert "mean-ADC rule" in evaluation["baselines"]

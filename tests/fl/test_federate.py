@@ -117,6 +117,11 @@ def test_resume_after_kill_matches_uninterrupted_run(cache, tmp_path):
         "fl.rounds=3",
         "--set",
         "fl.server_lr=0.05",
+        # 2 of the 3 sites train each round: the resumed run must sample the same ones
+        "--set",
+        "fl.fraction_train=0.5",
+        "--set",
+        "fl.min_sites=2",
     ]
     env = {**os.environ, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     full = tmp_path / "full"
@@ -162,6 +167,8 @@ def test_resume_after_kill_matches_uninterrupted_run(cache, tmp_path):
         for line in (killed / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     assert rounds == [0, 1, 2, 3]  # no round twice, none missing
+    assert _sampled(killed) == _sampled(full)
+    assert all(len(sites) == 2 for sites in _sampled(full))
     resumed_log = json.loads((killed / "summary.json").read_text(encoding="utf-8"))
     assert resumed_log["rounds"] == 3
     a, b = _final(full), _final(killed)
@@ -185,6 +192,13 @@ def test_resume_after_kill_matches_uninterrupted_run(cache, tmp_path):
     assert max(float(np.abs(a[key] - c[key]).max()) for key in a) > 1e-4, (
         f"dropping FedAdam's moments after round {k} must change the result"
     )
+
+
+def _sampled(run: Path) -> list[list[str]]:
+    """The sites whose training replies each round aggregated."""
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    entries = [json.loads(line) for line in lines]
+    return [sorted(c["site"] for c in e["clients"]) for e in entries if e["round"] > 0]
 
 
 def _wire_bytes(arrays) -> int:

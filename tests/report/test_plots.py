@@ -114,3 +114,16 @@ def test_png_to_data_uri(tmp_path, predictions):
     text.write_text("not an image", encoding="utf-8")
     with pytest.raises(ValueError):
         png_to_data_uri(text)
+
+
+def test_a_site_without_a_value_is_marked_not_left_blank(tmp_path, monkeypatch):
+    """The demo's per-site plot had an empty slot for a site whose test findings were one class."""
+    from matplotlib.axes import Axes
+
+    texts, real = [], Axes.text
+    monkeypatch.setattr(
+        Axes, "text", lambda ax, x, y, s, *a, **k: texts.append(s) or real(ax, x, y, s, *a, **k)
+    )
+    per_site = {"S0": {"auroc": {"estimate": 0.8, "low": 0.7, "high": 0.9}}, "S1": {"auroc": {}}}
+    assert _is_png(plot_per_site({"m": per_site}, tmp_path / "s.png"))
+    assert texts == ["n/a"]

@@ -15,6 +15,7 @@ from fedprostate.report.document import Doc
 from fedprostate.report.run_data import load_run
 from fedprostate.report.run_report import fmt_ci, write_run_report
 from fl_fixtures import tiny_config, write_tiny_cache
+from report_checks import render_problems
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,36 @@ def test_html_is_self_contained(run_dir):
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in html and "https://" not in html
     assert "<link" not in html  # no external style sheet
+
+
+def test_html_renders_complete_and_offline(run_dir):
+    """Every figure present (a decodable data: URI), every table row as wide as its header, no
+    id twice, nothing fetched from the network, no tag left open (tests/report_checks.py)."""
+    page = write_run_report(run_dir)
+    assert render_problems(page) == []
+    html = page.read_text(encoding="utf-8")
+    # the five figures of a two-class federated-style run: round curve, ROC, PR, sites, reliability
+    assert html.count("<img ") == len(list((run_dir / "plots").glob("*.png"))) == 5
+
+
+def test_curves_show_the_findings_the_tables_score(run_dir, monkeypatch):
+    """The ROC/PR/reliability figures were drawn over every test row, sampled normal tissue
+    included, so their legend's AUROC differed from the table's (0.843 vs 0.837)."""
+    from fedprostate.report import plots
+
+    drawn = {}
+    for name in ("plot_roc_curves", "plot_pr_curves", "plot_reliability"):
+        real = getattr(plots, name)
+
+        def spy(models, path, *a, _real=real, _name=name, **k):
+            drawn[_name] = models["model"]
+            return _real(models, path, *a, **k)
+
+        monkeypatch.setattr(plots, name, spy)
+    write_run_report(run_dir)
+    assert set(drawn) == {"plot_roc_curves", "plot_pr_curves", "plot_reliability"}
+    for rows in drawn.values():
+        assert rows and {r["source"] for r in rows} == {"reader"}
 
 
 def test_report_joins_case_labels_from_the_cache(run_dir):
@@ -205,3 +236,16 @@ def test_budget_status_says_whether_the_budget_was_reached():
     assert budget_status(after[3], 6.0, None).startswith("budget ε = 6 EXCEEDED")
     assert budget_status(after[2], eps[2], None).startswith(f"budget ε = {eps[2]:g} reached")
     assert budget_status(after[2], 0.0, None).startswith("no budget set")
+
+
+def test_numbers_are_right_aligned_and_an_interval_gets_its_own_line(tmp_path):
+    """A CI cell wrapped mid-interval over three lines in a narrow column; an arm name of
+    ``;``-joined codecs had no break point and pushed its table past the page."""
+    doc = Doc("t")
+    doc.table(["arm", "AUROC"], [["a;b", "0.837 [0.595, 1.000]"], ["c", "–"]])
+    md, page = doc.write(tmp_path)
+    html = page.read_text(encoding="utf-8")
+    assert '<th class="num">AUROC</th>' in html and "<th>arm</th>" in html
+    assert '<td class="num">0.837<span class="ci">[0.595, 1.000]</span></td>' in html
+    assert "<td>a;<wbr>b</td>" in html and '<td class="num">–</td>' in html
+    assert "| a;b | 0.837 [0.595, 1.000] |" in md.read_text(encoding="utf-8")  # markdown as is

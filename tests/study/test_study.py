@@ -17,6 +17,7 @@ from fedprostate.study.cells import REFERENCE, build_cells
 from fedprostate.study.claims import Comparison, compare_arms, evaluate_claims
 from fedprostate.study.config import Preregistration, StudyConfig
 from fl_fixtures import write_tiny_cache
+from report_checks import render_problems
 
 STUDY = """
 [study]
@@ -178,6 +179,7 @@ def test_study_is_resumable_and_verdicts_come_from_the_data(tmp_path, cache, mon
     assert claims["2b"]["verdict"] == "reproduced"  # 5 vs 1000 trainable parameters
     html = page.read_text(encoding="utf-8")
     assert "reproduced" in html and 'src="http' not in html
+    assert render_problems(page) == []  # every figure there, tables square, offline
     # second call: every cell is finished, nothing reruns
     calls.clear()
     runner.run_study(config, out, console=console, report=False)

@@ -135,6 +135,15 @@ def make_client_app(overrides: dict | None = None) -> ClientApp:
         audit_sent(site, msg, "evaluation", content=content)
         return Message(content=content, reply_to=msg)
 
+    @app.query()
+    def handle_query(msg: Message, context: Context) -> Message:
+        """The site's name, nothing else: the server orders the nodes it samples by it."""
+        cfg = config_from_context(context.run_config, overrides, context.node_config)
+        site = site_context(cfg, context.node_config, cfg.out)
+        content = RecordDict({REPORT_KEY: ConfigRecord({"site": site.name})})
+        audit_sent(site, msg, "query", content=content)
+        return Message(content=content, reply_to=msg)
+
     return app
 
 

@@ -49,6 +49,15 @@ def make_pretrain_client_app(overrides: dict | None = None) -> ClientApp:
         )
         return Message(content=content, reply_to=msg)
 
+    @app.query()
+    def handle_query(msg: Message, context: Context) -> Message:
+        """The site's name only: the server orders the nodes it samples by it (fl.sampling)."""
+        cfg = config_from_context(context.run_config, overrides, context.node_config)
+        content = RecordDict(
+            {REPORT_KEY: ConfigRecord({"site": site_of_node(cfg, context.node_config)})}
+        )
+        return Message(content=content, reply_to=msg)
+
     return app
 
 

@@ -25,6 +25,7 @@ then differs from plain FedAvg by at most :func:`tolerance` per element.
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 
 import numpy as np
@@ -37,7 +38,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
 from fedprostate.config import RunConfig
-from fedprostate.fl import wire
+from fedprostate.fl import sampling, wire
 from fedprostate.fl.inproc import content_bytes
 from fedprostate.fl.ledger import RoundLedger
 from fedprostate.fl.registry import SiteRegistry
@@ -90,7 +91,12 @@ class SecAggFedAvg(LegacyFedAvg):
         self.server, self.names, self.run_evaluate = server, names, evaluate_fn
 
     def configure_fit(self, server_round, parameters, client_manager):
-        pairs = super().configure_fit(server_round, parameters, client_manager)
+        # the legacy sampler, as the strategies' (fl.sampling): seeded by the absolute round,
+        # over the nodes ordered by site name, so a resumed run samples the same sites
+        absolute = server_round + self.server.round_offset
+        ordered = _SiteOrderedClients(client_manager, self.server)
+        with sampling.seeded(self.server.seed, absolute, "train"):
+            pairs = super().configure_fit(server_round, parameters, ordered)
         for _, fitins in pairs[:1]:  # one FitIns object is shared by every site
             fitins.config.update(
                 {
@@ -116,6 +122,26 @@ class SecAggFedAvg(LegacyFedAvg):
         return (float(out.get("val-loss", 0.0)), dict(out)) if out is not None else None
 
 
+class _SiteOrderedClients:
+    """The legacy client manager, sampling over its nodes in site-name order."""
+
+    def __init__(self, manager, server):
+        self._manager, self._server = manager, server
+
+    def sample(self, num_clients, min_num_clients=None, criterion=None):
+        self._manager.wait_for(min_num_clients or num_clients)
+        by_node = {int(p.node_id): p for p in self._manager.all().values()}
+        if num_clients > len(by_node):
+            return []
+        nodes = sorted(by_node)
+        if num_clients < len(nodes):  # who is left out depends on the order
+            nodes = self._server.site_order(self._server.raw_grid, nodes)
+        return [by_node[n] for n in random.sample(nodes, num_clients)]
+
+    def __getattr__(self, name):
+        return getattr(self._manager, name)
+
+
 class _ClientFixedOverSum(LegacyClientFixed):
     """Flower's legacy client-side-clipping DP wrapper, noise scaled to the m sites SecAgg+
     summed (Flower scales to the number sampled, and drops the round on any failure although
@@ -137,9 +163,13 @@ class SecAggServer:
         self.round_offset, self.foundation_sha = 0, ""
         self.registry: SiteRegistry | None = None
         self.grid: CountingGrid | None = None
+        self.raw_grid = None  # the run's Grid (start), for the site query of the sampler
+        self.seed, self.site_order = 0, sampling.SiteOrder()
 
-    def attach(self, shapes, downlink, seed, foundation_sha, round_offset=0, registry=None, **_):
+    def attach(self, shapes, downlink, seed, foundation_sha, round_offset=0, registry=None, **kw):
         self.names = sorted(shapes)
+        self.seed = seed
+        self.site_order = sampling.SiteOrder(registry, kw.get("node_wait", 600.0))
         self.foundation_sha, self.round_offset, self.registry = (
             foundation_sha,
             round_offset,
@@ -219,7 +249,7 @@ class SecAggServer:
                 clipping_norm=p.clip_norm,
                 num_sampled_clients=least,
             )
-        self.grid = CountingGrid(grid, self.ledger)
+        self.grid, self.raw_grid = CountingGrid(grid, self.ledger), grid
         context = LegacyContext(
             context=Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
             config=ServerConfig(num_rounds=num_rounds, round_timeout=timeout),

@@ -45,7 +45,7 @@ from flwr.serverapp.strategy import (
 from fedprostate.compress import delta
 from fedprostate.compress.codecs import CodecSpec
 from fedprostate.config import STRATEGIES, ConfigError, RunConfig
-from fedprostate.fl import robust, wire
+from fedprostate.fl import robust, sampling, wire
 from fedprostate.fl.dp import NORM_BIT, DPStrategy, make_wrapper
 from fedprostate.fl.ledger import NodesSnapshot, RoundLedger
 from fedprostate.fl.registry import SiteRegistry
@@ -89,6 +89,7 @@ class ProjectHooks:
         self.reference: dict[str, np.ndarray] = {}
         self.registry = registry
         self.node_wait = node_wait
+        self.site_order = sampling.SiteOrder(registry, node_wait)
         self.clip_norm = clip_norm
         if min_sites is not None:
             self.min_sites = min_sites
@@ -138,6 +139,13 @@ class ProjectHooks:
                 return None
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
+    def _for_sampling(self, grid: NodesSnapshot, fraction: float, least: int) -> NodesSnapshot:
+        """The snapshot ordered by site name when the round leaves a node out (fl.sampling)."""
+        nodes = grid.get_node_ids()
+        if not sampling.subsamples(len(nodes), fraction, least):
+            return grid
+        return NodesSnapshot(grid, self.site_order(grid, nodes))
+
     # ---- broadcast -----------------------------------------------------------------------
     def _broadcast(
         self,
@@ -169,7 +177,9 @@ class ProjectHooks:
         needed = max(self.min_available_nodes, self.min_train_nodes)
         if (grid := self._nodes_or_skip(grid, needed, server_round, "training")) is None:
             return []
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        grid = self._for_sampling(grid, self.fraction_train, self.min_train_nodes)
+        with sampling.seeded(self.seed, server_round, "train"):
+            messages = list(super().configure_train(server_round, arrays, config, grid))
         out = self._broadcast(messages, arrays, server_round, self.ledger.down)
         self.after_broadcast(self.reference)
         return out
@@ -181,7 +191,9 @@ class ProjectHooks:
         needed = max(self.min_available_nodes, self.min_evaluate_nodes)
         if (grid := self._nodes_or_skip(grid, needed, server_round, "evaluation")) is None:
             return []
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        grid = self._for_sampling(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        with sampling.seeded(self.seed, server_round, "evaluate"):
+            messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         # Evaluation uses the same wire format as training: reference stays consistent.
         saved = dict(self.reference)
         out = self._broadcast(messages, arrays, server_round, self.ledger.down_evaluate)

@@ -8,6 +8,7 @@ style sheet is inline: the file opens anywhere with no network and no neighbouri
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,12 @@ from fedprostate.report.plots import png_to_data_uri
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+.table-wrap{overflow-x:auto;margin:0.8em 0}
+table{border-collapse:collapse;font-size:0.9em}
+caption{text-align:left;font-size:0.9em;color:#444;padding-bottom:0.3em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}th.num{text-align:right}td.num{text-align:right;white-space:nowrap}
+.ci{display:block;font-size:0.85em;color:#555}
 figure{display:inline-block;margin:0.5em 1em 0.5em 0;vertical-align:top}
 figcaption{font-size:0.85em;color:#555;max-width:600px}
 img{max-width:100%}
@@ -94,10 +98,18 @@ class Doc:
             elif kind == "table":
                 _, header, rows, caption = block
                 cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-                head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+                numeric = [  # a column of mostly numbers: its header is right-aligned too
+                    sum(_is_number(r[j]) for r in rows if j < len(r)) * 2 > len(rows)
+                    for j in range(len(header))
+                ]
+                head = "".join(
+                    ('<th class="num">' if n else "<th>") + f"{html.escape(str(h))}</th>"
+                    for h, n in zip(header, numeric, strict=True)
+                )
                 trs = "".join("<tr>" + "".join(_html_cell(c) for c in r) + "</tr>" for r in rows)
                 body.append(
-                    f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
+                    f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+                    f"<tbody>{trs}</tbody></table></div>"
                 )
             elif kind == "img":
                 uri = png_to_data_uri(block[1])
@@ -132,12 +144,31 @@ def _cell(value) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then render `code` spans (the only inline markup the reports use)."""
-    parts = html.escape(text).split("`")
+    """Escape, then render `code` spans (the only inline markup the reports use). A line may
+    break after ";" (long arm names such as ``siteA=fp32;siteB=int8`` would widen a table)."""
+    parts = html.escape(text).replace(";", ";<wbr>").split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+# A number, a dash for none, or "estimate [low, high]": right-aligned, never broken mid-number.
+_NUMBER = r"[-−+<>~]?\d[\d.,]*(?:e[-+]?\d+)?\s?%?"
+_NUMERIC = re.compile(rf"^(?:–|-|{_NUMBER}|lr {_NUMBER})$")
+_WITH_CI = re.compile(rf"^({_NUMBER}) (\[{_NUMBER}, {_NUMBER}\])$")
+
+
+def _is_number(value) -> bool:
+    text = str(value)
+    return bool(_WITH_CI.match(text) or _NUMERIC.match(text))
 
 
 def _html_cell(value) -> str:
     text = str(value)
     cls = VERDICT_CLASS.get(text)
-    return f'<td class="{cls}">{html.escape(text)}</td>' if cls else f"<td>{_inline(text)}</td>"
+    if cls:
+        return f'<td class="{cls}">{html.escape(text)}</td>'
+    if m := _WITH_CI.match(text):  # the estimate, and its interval on a line of its own
+        est, ci = (html.escape(g) for g in m.groups())
+        return f'<td class="num">{est}<span class="ci">{ci}</span></td>'
+    if _NUMERIC.match(text):
+        return f'<td class="num">{html.escape(text)}</td>'
+    return f"<td>{_inline(text)}</td>"

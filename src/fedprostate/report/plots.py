@@ -7,6 +7,7 @@ Inputs are plain data: ``(labels, scores)`` pairs or prediction-row lists per mo
 from __future__ import annotations
 
 import base64
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,13 +39,38 @@ def _labels_scores(data) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, legend_room: float = 0.0) -> Path:
+    """Write the figure; ``legend_room``: the fraction of its width kept for a legend beside
+    the axes (a fixed size, so the same plot of other data has the same pixels' shape)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
+    if legend_room:
+        fig.subplots_adjust(right=1.0 - legend_room)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# Arms that score alike draw one over the other: each line gets its own dash and marker.
+_DASHES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _style(i: int) -> dict:
+    return {"ls": _DASHES[i % len(_DASHES)], "marker": _MARKERS[i % len(_MARKERS)], "ms": 4}
+
+
+LEGEND_ROOM = 0.3  # of a 8.6-inch-wide figure: 2.6 inches, 28 characters at 8 pt
+
+
+def _legend_beside(ax) -> None:
+    """The legend right of the axes (inside, with several arms, it hid their lines); long arm
+    names wrap at 28 characters."""
+    handles, labels = ax.get_legend_handles_labels()
+    labels = [textwrap.fill(label, 28) for label in labels]
+    legend = ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    legend.set_in_layout(False)  # tight_layout sizes the axes; _save keeps room for it
 
 
 def _require(items: Mapping, what: str) -> None:
@@ -56,14 +82,20 @@ def plot_roc_curves(models: Mapping[str, object], path, title: str = "ROC curves
     """One ROC curve per model (legend shows its AUROC). models: name -> (labels, scores) | rows."""
     _require(models, "models")
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, data in models.items():
+    for i, (name, data) in enumerate(models.items()):
         y, s = _labels_scores(data)
         if y.min() == y.max():
             raise ValueError(f"ROC of {name!r} needs both classes")
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y, s):.3f})")
+        ax.plot(
+            fpr,
+            tpr,
+            ls=_DASHES[i % len(_DASHES)],
+            label=f"{name} (AUROC {roc_auc_score(y, s):.3f})",
+        )
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title)
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
@@ -76,17 +108,23 @@ def plot_pr_curves(
     _require(models, "models")
     fig, ax = plt.subplots(figsize=(5, 5))
     prevalence = None
-    for name, data in models.items():
+    for i, (name, data) in enumerate(models.items()):
         y, s = _labels_scores(data)
         if y.min() == y.max():
             raise ValueError(f"PR curve of {name!r} needs both classes")
         precision, recall, _ = precision_recall_curve(y, s)
         ap = average_precision_score(y, s)
-        ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f})")
+        ax.step(
+            recall,
+            precision,
+            where="post",
+            ls=_DASHES[i % len(_DASHES)],
+            label=f"{name} (AP {ap:.3f})",
+        )
         prevalence = float(y.mean()) if prevalence is None else prevalence
     ax.axhline(prevalence, ls="--", c="grey", lw=0.8, label=f"chance ({prevalence:.2f})")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title)
-    ax.set(xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
     ax.legend(loc="lower left", fontsize=8)
     return _save(fig, path)
 
@@ -97,7 +135,7 @@ def plot_reliability(
     """Observed positive fraction vs mean predicted probability per equal-width bin."""
     _require(models, "models")
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, data in models.items():
+    for i, (name, data) in enumerate(models.items()):
         y, p = _labels_scores(data)
         if p.min() < 0 or p.max() > 1:
             raise ValueError(f"reliability diagram of {name!r} needs probabilities in [0, 1]")
@@ -105,11 +143,11 @@ def plot_reliability(
         used = np.unique(bins)
         mean_p = np.array([p[bins == b].mean() for b in used])
         frac = np.array([y[bins == b].mean() for b in used])
-        ax.plot(mean_p, frac, marker="o", label=name)
+        ax.plot(mean_p, frac, **_style(i), label=name)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8, label="perfect calibration")
     ax.set(xlabel="mean predicted probability", ylabel="observed fraction positive", title=title)
-    ax.set(xlim=(0, 1), ylim=(0, 1))
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))  # a bin at 0 or 1 is not cut in half
+    ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
 
 
@@ -133,11 +171,15 @@ def plot_per_site(
             err_hi.append(0 if e is None or ci.get("high") is None else ci["high"] - e)
         x = np.arange(len(sites)) + (i - (len(per_model) - 1) / 2) * width
         ax.bar(x, est, width, yerr=[err_lo, err_hi], capsize=3, label=model)
+        for xi, e in zip(x, est, strict=True):  # a site without a value (one class): said
+            if not np.isfinite(e):
+                ax.text(xi, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_xticks(np.arange(len(sites)), sites, rotation=45, ha="right")
     ax.set(ylabel=metric.upper(), title=title or f"{metric.upper()} per site (95% CI)")
-    if metric in ("auroc", "ap"):
-        ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    if metric in ("auroc", "ap"):  # a band above 1 for the legend: it never hides a bar
+        ax.set_ylim(0, 1.22)
+        ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(fontsize=8, loc="upper center", ncol=min(len(per_model), 4))
     return _save(fig, path)
 
 
@@ -159,17 +201,18 @@ def plot_auroc_vs_round(
     """One line per arm: metric vs federated round. history: [(round, value)] or metrics.jsonl
     dicts with keys "round" and ``metric``."""
     _require(histories, "histories")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, history in histories.items():
+    fig, ax = plt.subplots(figsize=(8.6, 4))
+    for i, (arm, history) in enumerate(histories.items()):
         rounds, values = _pairs(history, "round", metric)
-        ax.plot(rounds, values, marker=".", label=arm)
+        ax.plot(rounds, values, **_style(i), label=arm)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set(
         xlabel="round",
         ylabel=metric.upper(),
         title=title or f"{metric.upper()} vs round",
     )
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    _legend_beside(ax)
+    return _save(fig, path, LEGEND_ROOM)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -188,15 +231,15 @@ def plot_auroc_vs_mb(
     """Metric vs cumulative MB communicated (log x), one curve per arm, with the Pareto front of
     the arms' final points. arm -> [(cumulative_mb, value)] or dicts with "cum_mb", ``metric``."""
     _require(arms, "arms")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.6, 4))
     finals = []
-    for arm, points in arms.items():
+    for i, (arm, points) in enumerate(arms.items()):
         mb, values = _pairs(points, "cum_mb", metric)
         if len(mb) == 0:
             continue
         if (mb <= 0).any():
             raise ValueError(f"arm {arm!r}: cumulative MB must be > 0 for a log axis")
-        ax.plot(mb, values, marker=".", alpha=0.8, label=arm)
+        ax.plot(mb, values, **_style(i), alpha=0.8, label=arm)
         finals.append((float(mb[-1]), float(values[-1])))
     front = pareto_front(finals)
     if front:
@@ -205,8 +248,8 @@ def plot_auroc_vs_mb(
     ax.set_xscale("log")
     ax.set(xlabel="cumulative MB communicated", ylabel=metric.upper())
     ax.set_title(title or f"{metric.upper()} vs communication")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    _legend_beside(ax)
+    return _save(fig, path, LEGEND_ROOM)
 
 
 def plot_epsilon_vs_round(

@@ -175,12 +175,13 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
         doc.figure(
             plots.plot_auroc_vs_round(curves, figdir / "auroc_vs_round.png"), "AUROC vs round"
         )
-    models = {"model": data.test}
+    findings = headline(data.test)  # the curves show the table's rows: no sampled tissue
+    models = {"model": findings}
     adc_rows = None
     if "mean-ADC rule" in evaluation["baselines"]:
         adc_rows = adc_baseline_rows(data)
         models["mean-ADC rule"] = adc_rows
-    if len({r["label"] for r in data.test}) == 2:
+    if len({r["label"] for r in findings}) == 2:
         doc.figure(
             plots.plot_roc_curves(models, figdir / "roc.png"), "ROC curves (test, lesion level)"
         )
@@ -192,10 +193,10 @@ def run_section(doc: Doc, data: RunData, evaluation: dict, figdir: Path, title: 
     if "mean-ADC rule" in evaluation["baselines"]:
         per_site["mean-ADC rule"] = evaluation["baselines"]["mean-ADC rule"]
     doc.figure(plots.plot_per_site(per_site, figdir / "per_site.png"), "AUROC per site (95% CI)")
-    scores = [r["score"] for r in headline(data.test)]
+    scores = [r["score"] for r in findings]
     if min(scores) >= 0 and max(scores) <= 1:
         doc.figure(
-            plots.plot_reliability({"model": headline(data.test)}, figdir / "reliability.png"),
+            plots.plot_reliability({"model": findings}, figdir / "reliability.png"),
             "Reliability diagram (test)",
         )
     bytes_rows = _bytes_table(data)

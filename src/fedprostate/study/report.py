@@ -183,6 +183,10 @@ def build_study_doc(study_dir: Path) -> Doc:
                 for a in members]  # fmt: skip
         doc.table(ARM_HEADER, rows, "Test split; AUROC = mean over seeds with the crossed "
                   "patient × seed bootstrap 95% CI")  # fmt: skip
+        missing = [labels[a["id"]] for a in arms.values()
+                   if section in a["sections"] and a["id"] not in chosen]  # fmt: skip
+        if missing:  # a planned arm without a finished cell is said, not silently left out
+            doc.para(f"Not in this section (no finished cell): {', '.join(missing)}.", note=True)
         _section_figures(doc, section, members, {a: r[0] for a, r in runs.items()}, figdir)
         if section == "loso":
             _loso_table(doc, members, evals)
@@ -282,7 +286,8 @@ def _section_figures(doc: Doc, section: str, members: list[dict], runs: dict, fi
             doc.figure(plots.plot_auroc_vs_mb(mb, figdir / f"{section}_mb.png"),
                        f"{section}: validation AUROC vs cumulative MB (Pareto front)")  # fmt: skip
     if section in ("backbone", "input", "baselines"):
-        models = {a["label"] or a["id"]: runs[a["id"]].test for a in members}
+        # the findings the tables score (sampled tissue is never a headline)
+        models = {a["label"] or a["id"]: headline(runs[a["id"]].test) for a in members}
         if all(len({r["label"] for r in m}) == 2 for m in models.values()):
             doc.figure(plots.plot_roc_curves(models, figdir / f"{section}_roc.png"),
                        f"{section}: ROC curves (test)")  # fmt: skip
