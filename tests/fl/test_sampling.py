@@ -138,3 +138,16 @@ def test_secure_aggregation_resumes_with_the_same_sites():
     before_kill = _secagg_process([0, 1, 2, 3, 4], 0)(range(1, 4))
     after_resume = _secagg_process([3, 0, 4, 2, 1], 3)(range(1, 6))
     assert before_kill + after_resume == uninterrupted
+
+
+def test_the_site_query_is_counted_in_the_round_ledger():
+    """Every message kind is counted: the site query (asked once per node, only when a round
+    leaves a node out) lands in the round's metrics with its bytes both ways."""
+    strategy, grid = _process([0, 1, 2, 3, 4], 0)
+    _sampled(strategy, grid, range(1, 2))
+    asked = strategy.ledger.pop()["site_query"]
+    down = len("site-name") + 1
+    up = sum(len(wire.REPORT_KEY) + len("site") + len(s) for s in SITES)
+    assert asked == {"nodes": 5, "bytes_down": 5 * down, "bytes_up": up}
+    _sampled(strategy, grid, range(2, 3))  # known sites are not asked again
+    assert "site_query" not in strategy.ledger.pop()

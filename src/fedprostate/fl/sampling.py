@@ -47,6 +47,15 @@ def subsamples(num_nodes: int, fraction: float, least: int) -> bool:
     return max(int(num_nodes * fraction), least) < num_nodes
 
 
+def query_bytes(site: str | None = None) -> int:
+    """Bytes a site query carries, counted like the rest of the ledger (keys and values as
+    UTF-8, no protobuf framing): down, the key and its value 1; up, the report key, "site" and
+    the name."""
+    if site is None:
+        return len(SITE_QUERY.encode()) + 1
+    return len(REPORT_KEY.encode()) + len(b"site") + len(site.encode())
+
+
 def ask_sites(grid, nodes: list[int], timeout: float) -> dict[int, str]:
     """node id -> site name, as each node answers a ``query`` message (silent nodes: absent)."""
     messages = [
@@ -74,12 +83,20 @@ class SiteOrder:
         self.registry = registry
         self.timeout = timeout
         self.known: dict[int, str] = {}
+        self.asked: dict = {}  # the last call's queries: nodes, bytes down and up (the ledger's)
 
     def __call__(self, grid, nodes: list[int]) -> list[int]:
         if self.registry is not None and self.registry.keyed_by_node:
             self.known.update({n: e.site for n, e in self.registry.by_node.items()})
         unknown = [n for n in nodes if n not in self.known]
+        self.asked = {}
         if unknown:
-            self.known.update(ask_sites(grid, unknown, self.timeout))
+            answers = ask_sites(grid, unknown, self.timeout)
+            self.known.update(answers)
+            self.asked = {
+                "nodes": len(unknown),
+                "bytes_down": len(unknown) * query_bytes(),
+                "bytes_up": sum(query_bytes(site) for site in answers.values()),
+            }
         # nodes without a site (not registered, silent) come last, by id
         return sorted(nodes, key=lambda n: (n not in self.known, self.known.get(n, ""), n))

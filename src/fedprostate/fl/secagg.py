@@ -136,6 +136,8 @@ class _SiteOrderedClients:
         nodes = sorted(by_node)
         if num_clients < len(nodes):  # who is left out depends on the order
             nodes = self._server.site_order(self._server.raw_grid, nodes)
+            if self._server.site_order.asked:  # the site query's messages are counted too
+                self._server.ledger.extra["site_query"] = self._server.site_order.asked
         return [by_node[n] for n in random.sample(nodes, num_clients)]
 
     def __getattr__(self, name):

@@ -144,7 +144,10 @@ class ProjectHooks:
         nodes = grid.get_node_ids()
         if not sampling.subsamples(len(nodes), fraction, least):
             return grid
-        return NodesSnapshot(grid, self.site_order(grid, nodes))
+        ordered = NodesSnapshot(grid, self.site_order(grid, nodes))
+        if self.site_order.asked:  # the site query's messages are counted too
+            self.ledger.extra["site_query"] = self.site_order.asked
+        return ordered
 
     # ---- broadcast -----------------------------------------------------------------------
     def _broadcast(
