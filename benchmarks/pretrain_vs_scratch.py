@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def val_curve(run: Path) -> list[tuple[int, float]]:
         for e in entries
         if e["round"] > 0 and e.get("val", {}).get("auroc") is not None
     ]
+
+
+def _ci(d: dict) -> str:
+    if d.get("estimate") is None or math.isnan(d["estimate"]):
+        return "– (one class)"
+    return f"{d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
 
 def first_round_at(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -218,7 +225,7 @@ def main() -> None:
             d = c["delta_test_auroc"]
             rows.append([
                 f"{method}-{init}", backbone, f"{r['val_auroc']:.3f} ({r['best_round']})",
-                f"{t['estimate']:.3f} [{t['low']:.3f}, {t['high']:.3f}]",
+                _ci(t),
                 f"{r['first_round_at_target'] or 'not reached'} (target {c['target']:.3f})",
                 (f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], p={d['p_value']:.2f}"
                  if init == "pretrained" else ""),
@@ -232,11 +239,15 @@ def main() -> None:
     console.print(table)
     for method, c in comparisons.items():
         a, s = c["rounds_to_target"]["pretrained"], c["rounds_to_target"]["scratch"]
-        verdict = ("at most half" if c["at_most_half_the_rounds"] else
-                   "not at most half" if a is not None and s is not None else "not comparable:")  # fmt: skip
+        if math.isnan(c["target"]):
+            console.print(f"{method}: no validation target (validation AUROC undefined)")
+            continue
+        verdict = ("at most half the rounds" if c["at_most_half_the_rounds"] else
+                   "more than half the rounds" if a is not None and s is not None else
+                   "an arm never reached it")  # fmt: skip
         console.print(f"{method}: validation AUROC ≥ {c['target']:.3f} ({c['target_rule']}): "
                       f"foundation round {a or 'never'}, random init round {s or 'never'} "
-                      f"within {args.rounds} rounds ({verdict} the rounds); Δ test CI above 0: "
+                      f"within {args.rounds} rounds ({verdict}); Δ test CI above 0: "
                       f"{'yes' if c['ci_above_zero'] else 'no'}")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
