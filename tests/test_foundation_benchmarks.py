@@ -1,6 +1,7 @@
 """The foundation benchmarks run end to end with tiny settings (tiny pool, tiny cache, swin_test,
-CPU): foundation_probe.py, gpu_pretrain.py (its --tiny CPU check and the cache packer) and
-federated_pretrain.py (one small Flower simulation)."""
+CPU): foundation_probe.py, gpu_pretrain.py (its --tiny CPU check and the cache packer),
+federated_pretrain.py (one small Flower simulation) and pretrain_vs_scratch.py --foundation (a
+tiny `fedprostate pretrain` checkpoint, two one-round federated LoRA runs)."""
 
 import json
 import os
@@ -115,3 +116,62 @@ def test_federated_pretrain_benchmark_compares_federated_with_central(data, tmp_
             res["federated"]["probe"][probe]["pretrained"]["test_auroc"], abs=1e-4
         )
     assert "federated − central" in proc.stdout
+
+
+@pytest.mark.slow
+def test_pretrain_vs_scratch_fine_tunes_from_the_given_foundation_and_from_random_init(
+    data, tmp_path
+):
+    """LoRA from a `fedprostate pretrain` DINO checkpoint vs LoRA on the same architecture with
+    random frozen weights: the table names the loaded foundation (file, sha256), the foundation
+    arm trained on that checkpoint's backbone and the other on the seed's random init, both on
+    the test split's reader findings only, and the target comes from validation only."""
+    from typer.testing import CliRunner
+
+    from fedprostate.cli import app
+    from fedprostate.models.backbones import create_backbone
+    from fedprostate.models.foundation import backbone_sha256, init_from_foundation
+
+    pool, cache = data
+    ckpt = tmp_path / "dino.safetensors"
+    res = CliRunner().invoke(app, ["pretrain", "--data", str(pool), "--out", str(ckpt),
+                                   "--arch", "swin_test", "--method", "dino", "--epochs", "1",
+                                   "--batch-size", "8", "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    meta = json.loads(ckpt.with_suffix(".json").read_text(encoding="utf-8"))
+    out = tmp_path / "pvs"
+    args = ["--foundation", ckpt, "--cache", cache, "--arms", "lora", "--rounds", "1",
+            "--n-boot", "20", "--out", out]  # fmt: skip
+    proc = bench("pretrain_vs_scratch.py", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (out / "table.md").read_text(encoding="utf-8")
+    assert "lora-pretrained" in table and "lora-scratch" in table
+    assert f"dino.safetensors ({meta['sha256'][:12]})" in table
+    assert "dino.safetensors" in proc.stdout and "random init" in proc.stdout
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    pre, scratch = res["arms"]["lora-pretrained"], res["arms"]["lora-scratch"]
+    assert pre["foundation_sha256"] == meta["sha256"] and scratch["foundation"] == ""
+
+    def backbone(foundation):  # the run's backbone before LoRA, built here independently
+        torch.manual_seed(res["config"]["seed"])
+        model = create_backbone("swin_test", crop=32, num_classes=2, in_chans=3)
+        if foundation:
+            init_from_foundation(model, foundation, "swin_test", 32, 3)
+        return backbone_sha256(model)
+
+    assert pre["backbone_sha256"] == backbone(ckpt)
+    assert scratch["backbone_sha256"] == backbone(None) != pre["backbone_sha256"]
+    readers = [r for r in load_index(cache) if r["split"] == "test" and r["source"] == "reader"]
+    for arm in (pre, scratch):  # equal rounds, every round scored, reader findings only
+        assert [r for r, _ in arm["val_curve"]] == [1]
+        assert arm["n_test_findings"] == len(readers)
+    cmp = res["comparisons"]["lora"]
+    assert cmp["target"] == pytest.approx(0.95 * scratch["val_auroc"])  # validation only
+    assert cmp["rounds_to_target"]["scratch"] == 1  # the random arm reaches 95% of its best
+    assert cmp["delta_test_auroc"]["delta"] == pytest.approx(
+        pre["test_auroc"]["estimate"] - scratch["test_auroc"]["estimate"], abs=1e-6
+    )
+    # finished runs are reused only for the same backbone and length
+    again = bench("pretrain_vs_scratch.py", "--foundation", ckpt, "--cache", cache, "--arms", "lora",
+                  "--rounds", "2", "--out", out, cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 2 and "give another --out" in again.stderr

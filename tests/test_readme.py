@@ -51,7 +51,7 @@ BENCH_KNOBS = {
                        "--epochs", "1", "--rounds", "2"],
     "compression.py": ["--sites", "2", "--patients", "40", "--arch", "swin_test", "--crop", "32",
                        "--rounds", "1", "--steps", "1", "--arms", "lora-fp32,lora-int8"],
-    "pretrain_vs_scratch.py": ["--rounds", "1"],
+    "pretrain_vs_scratch.py": ["--rounds", "1", "--n-boot", "20"],
     "bad_input_corpus.py": [],
     "poisoning.py": ["--rounds", "1", "--options", "fedavg"],
     "clinical_task.py": ["--arch", "swin_test", "--crop", "32", "--rounds", "1", "--steps", "1",
