@@ -77,25 +77,13 @@ def save_plot(rows: list[dict], path: Path, title: str) -> Path:
     return plot_utility_vs_epsilon(levels, path, no_dp=no_dp, title=title)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sites", type=int, default=3)
-    ap.add_argument("--patients", type=int, default=40, help="Patients per site.")
-    ap.add_argument("--arch", default="swin_test")
-    ap.add_argument("--crop", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=4, help="Local steps per round.")
-    ap.add_argument("--eps", default="1,3,8", help="Target epsilons (comma-separated).")
-    ap.add_argument("--n-boot", type=int, default=1000, help="Bootstrap draws of the test CI.")
-    ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--plot", type=Path, default=None, help="PNG (default WORK/...).")
-    args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="privacy_bench_"))
+def _federation(work: Path, args, sites: int, patients: int) -> RunConfig:
+    """Synthesize and prepare (once) a small federation under ``work``; the benchmark's config."""
     raw, cache = work / "raw", work / "cache"
     if not (cache / "index.csv").exists():
-        synthesize(raw, sites=args.sites, patients=args.patients, seed=0, preset="small")
+        synthesize(raw, sites=sites, patients=patients, seed=0, preset="small")
         prepare(raw, cache, crop=args.crop, progress=False)
-    base = RunConfig.from_flat(
+    return RunConfig.from_flat(
         {
             "data.cache": str(cache),
             "model.arch": args.arch,
@@ -109,10 +97,69 @@ def main() -> None:
             "train.lr": 3e-3,
             "fl.strategy": "fedavg",
             "fl.rounds": args.rounds,
-            "fl.min_sites": min(3, args.sites),
+            "fl.min_sites": min(3, sites),
             "eval.n_boot": 50,
         }
     )
+
+
+def secagg_cost(base: RunConfig, work: Path, sites: int, repeat: int = 2) -> Table:
+    """Seconds and KB per site per round of plain FedAvg vs SecAgg+ on the same federation.
+
+    The arms run alternately ``repeat`` times (plain, SecAgg+, plain, ...) and each keeps its
+    fastest run: on a shared machine the first run also pays the imports and the model build.
+    """
+    cost = Table(title=f"SecAgg+ cost per round, {sites} sites (FedAvg, fp32 LoRA payload, "
+                 f"best of {repeat} alternating runs)")  # fmt: skip
+    for col in ("aggregation", "s / round", "KB up / site / round", "KB down / site / round"):
+        cost.add_column(col, justify="left" if col == "aggregation" else "right")
+    arms = {"plain FedAvg": {}, "SecAgg+": {"fl.secure_aggregation": True}}
+    best: dict[str, tuple[float, list, list]] = {}
+    for i in range(repeat):
+        for name, dotted in arms.items():
+            cfg = base.replace(**dotted, **{"fl.fraction_evaluate": 0.0})
+            _, rounds, wall = _run(cfg, work / f"cost_{'secagg' if dotted else 'plain'}_{i}")
+            per_round = wall / max(1, len(rounds))
+            up = [c["bytes_up"] for r in rounds for c in r["clients"]]
+            down = [c["bytes_down"] for r in rounds for c in r["clients"]]
+            if name not in best or per_round < best[name][0]:
+                best[name] = (per_round, up, down)
+    for name, (per_round, up, down) in best.items():
+        cost.add_row(name, f"{per_round:.1f}", f"{sum(up) / max(1, len(up)) / 1e3:.1f}",
+                     f"{sum(down) / max(1, len(down)) / 1e3:.1f}")  # fmt: skip
+    return cost
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sites", type=int, default=3)
+    ap.add_argument(
+        "--patients", type=int, default=40, help="Patients in all (split over --sites)."
+    )
+    ap.add_argument("--arch", default="swin_test")
+    ap.add_argument("--crop", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4, help="Local steps per round.")
+    ap.add_argument("--eps", default="1,3,8", help="Target epsilons (comma-separated).")
+    ap.add_argument("--n-boot", type=int, default=1000, help="Bootstrap draws of the test CI.")
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="PNG (default WORK/...).")
+    ap.add_argument(
+        "--secagg-sites",
+        default="",
+        help="Only the SecAgg+ cost, at these site counts "
+        "(comma-separated; --patients scaled with the sites).",
+    )
+    ap.add_argument("--repeat", type=int, default=2, help="Alternating runs per SecAgg+ arm.")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="privacy_bench_"))
+    console = Console(width=200)
+    if args.secagg_sites:
+        for n in [int(x) for x in args.secagg_sites.split(",") if x]:
+            base = _federation(work / f"sites{n}", args, n, args.patients * n // args.sites)
+            console.print(secagg_cost(base, work / f"sites{n}", n, args.repeat))
+        return
+    base = _federation(work, args, args.sites, args.patients)
     delta = 1.0 / setup.federation_patients(base)
     sizes = {n: len(setup.client_dataset(base, n, "train")) for n in setup.client_names(base)}
     worst = min(sizes.values())
@@ -157,7 +204,6 @@ def main() -> None:
             f"{auc - ref:+.3f}", f"{loss['auc']:.3f} [{loss['ci_low']:.2f}, {loss['ci_high']:.2f}]",
             f"{attack['privacy']['auc_bound']:.3f}", f"{wall:.0f}",
         )  # fmt: skip
-    console = Console(width=200)
     console.print(table)
     plot = save_plot(
         results,
@@ -166,18 +212,7 @@ def main() -> None:
     )
     console.print(f"utility vs epsilon: {plot} (numbers: {plot.with_suffix('.json')})")
 
-    cost = Table(title=f"SecAgg+ cost per round, {args.sites} sites (FedAvg, fp32 LoRA payload)")
-    for col in ("aggregation", "s / round", "KB up / site / round", "KB down / site / round"):
-        cost.add_column(col, justify="left" if col == "aggregation" else "right")
-    for name, dotted in (("plain FedAvg", {}), ("SecAgg+", {"fl.secure_aggregation": True})):
-        cfg = base.replace(**dotted, **{"fl.fraction_evaluate": 0.0})
-        _, rounds, wall = _run(cfg, work / f"cost_{'secagg' if dotted else 'plain'}")
-        up = [c["bytes_up"] for r in rounds for c in r["clients"]]
-        down = [c["bytes_down"] for r in rounds for c in r["clients"]]
-        per_round = wall / max(1, len(rounds))
-        cost.add_row(name, f"{per_round:.1f}", f"{sum(up) / max(1, len(up)) / 1e3:.1f}",
-                     f"{sum(down) / max(1, len(down)) / 1e3:.1f}")  # fmt: skip
-    console.print(cost)
+    console.print(secagg_cost(base, work, args.sites, args.repeat))
 
 
 if __name__ == "__main__":
