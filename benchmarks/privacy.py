@@ -5,9 +5,10 @@ arm): no DP; client-level DP (server-side fixed clipping) and patient-level DP-S
 noise the accountant says reaches the target epsilon (delta = 1 / training patients) after all
 rounds; plain FedAvg vs SecAgg+ for the cost. Every run goes through the real ServerApp code
 with the real ClientApps over an in-process Grid (no Ray), FedAvg. Test AUROC is the pooled test
-split; the attack is ``fedprostate audit`` (loss attack, per patient).
+split; the attacks are ``fedprostate audit`` (loss attack, and LiRA offline/online with
+``--shadows`` shadow models, per patient).
 
-    python benchmarks/privacy.py [--sites 3] [--patients 40] [--rounds 3] [--eps 1,3,8]
+    python benchmarks/privacy.py [--sites 3] [--patients 40] [--rounds 3] [--eps 1,3,8] [--shadows 4]
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def _run(cfg: RunConfig, out: Path) -> tuple[dict, list[dict], float]:
     return summary, [r for r in rounds if r["round"] > 0], wall
 
 
+def _auc(r: dict | None) -> str:
+    return "-" if r is None else f"{r['auc']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sites", type=int, default=3)
@@ -53,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="Local steps per round.")
     ap.add_argument("--eps", default="1,3,8", help="Target epsilons (comma-separated).")
+    ap.add_argument("--shadows", type=int, default=4, help="LiRA shadow models (0: no LiRA).")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="privacy_bench_"))
@@ -95,7 +101,7 @@ def main() -> None:
         cfg = base.replace(**dotted, **({"privacy.delta": delta} if dotted else {}))
         out = work / f"run_{level}_{eps:g}"
         summary, _, wall = _run(cfg, out)
-        attack = audit_run(out, n_boot=200)
+        attack = audit_run(out, n_boot=200, shadows=args.shadows or None)
         rows.append((level, eps, dotted, summary, attack, wall))
     ref = rows[0][3].get("test_auroc", math.nan)
     table = Table(
@@ -103,19 +109,22 @@ def main() -> None:
         f"LoRA (MLP) {args.crop} px, {args.rounds} rounds x {args.steps} steps, delta = {delta:.2g}"
     )
     for col in ("DP level", "target eps", "noise z", "reported eps", "test AUROC", "Δ vs no DP",
-                "attack AUC (loss) [95% CI]", "DP AUC bound", "wall s"):  # fmt: skip
+                "attack AUC (loss) [95% CI]", "LiRA offline [95% CI]", "LiRA online [95% CI]",
+                "TPR@10% FPR (offline)", "DP AUC bound", "wall s", "LiRA s"):  # fmt: skip
         table.add_column(col, justify="left" if col == "DP level" else "right")
     for level, eps, dotted, summary, attack, wall in rows:
         z = dotted.get("privacy.noise_multiplier", dotted.get("privacy.dp_sgd_noise"))
         rep = (summary.get("privacy") or {}).get("epsilon_patient_bound", math.inf)
         auc = summary.get("test_auroc", math.nan)
-        loss = attack["attacks"]["loss"]
+        lira = [attack["attacks"].get(f"lira_{v}") for v in ("offline", "online")]
+        low = lira[0].get("tpr_at_fpr_0.1") if lira[0] else None
         table.add_row(
             level, f"{eps:g}", f"{z:.3f}" if z else "-", f"{rep:.3g}", f"{auc:.3f}",
-            f"{auc - ref:+.3f}", f"{loss['auc']:.3f} [{loss['ci_low']:.2f}, {loss['ci_high']:.2f}]",
-            f"{attack['privacy']['auc_bound']:.3f}", f"{wall:.0f}",
+            f"{auc - ref:+.3f}", *[_auc(a) for a in (attack["attacks"]["loss"], *lira)],
+            "-" if low is None else f"{low:.2f}", f"{attack['privacy']['auc_bound']:.3f}",
+            f"{wall:.0f}", f"{attack['lira']['wall_s']:.0f}" if "lira" in attack else "-",
         )  # fmt: skip
-    console = Console(width=200)
+    console = Console(width=260)
     console.print(table)
 
     cost = Table(title=f"SecAgg+ cost per round, {args.sites} sites (FedAvg, fp32 LoRA payload)")
