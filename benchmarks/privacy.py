@@ -5,11 +5,11 @@ arm): no DP; client-level DP (server-side fixed clipping) and patient-level DP-S
 noise the accountant says reaches the target epsilon (delta = 1 / training patients) after all
 rounds; plain FedAvg vs SecAgg+ for the cost. Every run goes through the real ServerApp code
 with the real ClientApps over an in-process Grid (no Ray), FedAvg. Test AUROC is the pooled test
-split, with a patient-bootstrap 95% CI; the attack is ``fedprostate audit`` (loss attack, per
-patient). The utility-vs-epsilon plot (``report.plots.plot_utility_vs_epsilon``) and the numbers
+split, with a patient-bootstrap 95% CI; the attacks are ``fedprostate audit`` (loss attack, and
+LiRA offline/online with ``--shadows`` shadow models, per patient). The utility-vs-epsilon plot (``report.plots.plot_utility_vs_epsilon``) and the numbers
 (JSON) are written next to each other (``--plot``, default WORK/utility_vs_epsilon.png).
 
-    python benchmarks/privacy.py [--sites 3] [--patients 40] [--rounds 3] [--eps 1,3,8]
+    python benchmarks/privacy.py [--sites 3] [--patients 40] [--rounds 3] [--eps 1,3,8] [--shadows 4]
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ def auroc_with_ci(out: Path, n_boot: int) -> dict:
     """Test AUROC of the shipped round (finding level) with its patient-bootstrap 95% CI."""
     rows = predictions.read(out / "predictions_test_best.csv")
     return evaluate_predictions(rows, n_boot=n_boot, seed=0)["lesion"]["auroc"]
+
+
+def _auc(r: dict | None) -> str:
+    return "-" if r is None else f"{r['auc']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
 
 
 def _value(x) -> float:
@@ -141,6 +145,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="Local steps per round.")
     ap.add_argument("--eps", default="1,3,8", help="Target epsilons (comma-separated).")
+    ap.add_argument("--shadows", type=int, default=4, help="LiRA shadow models (0: no LiRA).")
     ap.add_argument("--n-boot", type=int, default=1000, help="Bootstrap draws of the test CI.")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None, help="PNG (default WORK/...).")
@@ -153,7 +158,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="Alternating runs per SecAgg+ arm.")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="privacy_bench_"))
-    console = Console(width=200)
+    console = Console(width=260)
     if args.secagg_sites:
         for n in [int(x) for x in args.secagg_sites.split(",") if x]:
             base = _federation(work / f"sites{n}", args, n, args.patients * n // args.sites)
@@ -177,7 +182,7 @@ def main() -> None:
         cfg = base.replace(**dotted, **({"privacy.delta": delta} if dotted else {}))
         out = work / f"run_{level}_{eps:g}"
         summary, _, wall = _run(cfg, out)
-        attack = audit_run(out, n_boot=200)
+        attack = audit_run(out, n_boot=200, shadows=args.shadows or None)
         rows.append((level, eps, dotted, summary, attack, wall, auroc_with_ci(out, args.n_boot)))
     ref = _value(rows[0][6]["estimate"])
     table = Table(
@@ -186,7 +191,8 @@ def main() -> None:
     )
     for col in ("DP level", "target eps", "noise z", "reported eps", "test AUROC [95% CI]",
                 "Δ vs no DP",
-                "attack AUC (loss) [95% CI]", "DP AUC bound", "wall s"):  # fmt: skip
+                "attack AUC (loss) [95% CI]", "LiRA offline [95% CI]", "LiRA online [95% CI]",
+                "TPR@10% FPR (offline)", "DP AUC bound", "wall s", "LiRA s"):  # fmt: skip
         table.add_column(col, justify="left" if col == "DP level" else "right")
     results = []
     for level, eps, dotted, summary, attack, wall, ci in rows:
@@ -196,13 +202,18 @@ def main() -> None:
         if abs(auc - _value(summary.get("test_auroc"))) > 1e-9:  # (NaN: an undefined AUROC)
             print(f"note: {level} {eps:g}: summary test_auroc {summary.get('test_auroc')} != {auc}")
         loss = attack["attacks"]["loss"]
+        lira = [attack["attacks"].get(f"lira_{v}") for v in ("offline", "online")]
+        low = lira[0].get("tpr_at_fpr_0.1") if lira[0] else None
         results.append({"level": level, "epsilon": eps, "noise": z, "reported_epsilon": rep,
-                        "auroc": ci, "attack_auc": loss["auc"], "wall_s": wall})  # fmt: skip
+                        "auroc": ci, "attack_auc": loss["auc"],
+                        "lira_offline_auc": lira[0]["auc"] if lira[0] else None,
+                        "wall_s": wall})  # fmt: skip
         table.add_row(
             level, f"{eps:g}", f"{z:.3f}" if z else "-", f"{rep:.3g}",
             f"{auc:.3f} [{_value(ci['low']):.2f}, {_value(ci['high']):.2f}]",
-            f"{auc - ref:+.3f}", f"{loss['auc']:.3f} [{loss['ci_low']:.2f}, {loss['ci_high']:.2f}]",
-            f"{attack['privacy']['auc_bound']:.3f}", f"{wall:.0f}",
+            f"{auc - ref:+.3f}", *[_auc(a) for a in (loss, *lira)],
+            "-" if low is None else f"{low:.2f}", f"{attack['privacy']['auc_bound']:.3f}",
+            f"{wall:.0f}", f"{attack['lira']['wall_s']:.0f}" if "lira" in attack else "-",
         )  # fmt: skip
     console.print(table)
     plot = save_plot(

@@ -58,7 +58,7 @@ BENCH_KNOBS = {
                          "--n-boot", "20"],
     "gpu_study_slice.py": ["--sites", "2", "--patients", "8", "--rounds", "1", "--device", "cpu"],
     "privacy.py": ["--sites", "3", "--patients", "20", "--rounds", "1", "--steps", "1",
-                   "--eps", "8"],
+                   "--eps", "8", "--shadows", "2"],
     "foundation_probe.py": ["--methods", "dino", "--batch-size", "8", "--max-crops", "64",
                             "--n-boot", "20", "--quiet"],
     "federated_pretrain.py": ["--sites", "3", "--rounds", "1", "--batch-size", "8",

@@ -172,3 +172,47 @@ def _as_reply(tensors):
     return Message(
         RecordDict({"arrays": wire.to_record(tensors)}), dst_node_id=1, message_type="train"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["client-fixed", "local"])
+def test_site_side_dp_clips_and_noises_before_the_update_leaves(tmp_path, mode):
+    """What crosses the wire from a site: with ``client-fixed`` its update (reply - the global it
+    received) has exactly the clipping norm C (the unclipped LoRA update is far larger); with
+    ``local`` the site also adds Gaussian noise of std z*2C per coordinate, so the update is far
+    outside the C-ball. The accountant records epsilon per round in both modes."""
+    clip = 1e-3
+    received: dict[int, dict] = {}
+    pairs: list[tuple[dict, dict]] = []
+
+    def observe(direction, msg):
+        if msg.metadata.message_type != "train" or not msg.has_content():
+            return
+        record = msg.content.array_records.get("arrays")
+        if record is None:
+            return
+        tensors = wire.from_record(record)
+        if direction == "down":
+            received[msg.metadata.dst_node_id] = tensors
+        else:
+            pairs.append((received[msg.metadata.src_node_id], tensors))
+
+    _, rounds = _run(
+        tmp_path,
+        3,
+        observe=observe,
+        **{"privacy.client": mode, "privacy.clip_norm": clip, "privacy.noise_multiplier": 1.0},
+    )
+    norms = [
+        float(np.sqrt(sum(((up[k] - down[k]).astype(np.float64) ** 2).sum() for k in down)))
+        for down, up in pairs
+    ]
+    assert len(norms) == 6  # 3 sites x 2 rounds
+    if mode == "client-fixed":
+        assert all(abs(n - clip) <= 1e-3 * clip for n in norms), norms
+    else:
+        size = sum(v.size for v in pairs[0][0].values())
+        expected = 2 * clip * 1.0 * np.sqrt(size)  # the noise alone: std z*2C, `size` coordinates
+        assert all(0.8 * expected < n < 1.2 * expected for n in norms), (norms, expected)
+    eps = [r["privacy"]["client"]["epsilon"] for r in rounds]
+    assert len(eps) == 2 and 0 < eps[0] < eps[1]
