@@ -31,7 +31,8 @@ def test_client_resources_and_cluster_come_from_config():
     cfg = RunConfig.load(None, ["fl.client_cpus=2", "fl.client_gpus=0.25"])
     backend = backend_config(cfg)
     assert backend["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
-    assert "num_cpus" in backend["init_args"] and "address" not in backend["init_args"]
+    # "local": a private Ray even on a machine where `ray start` runs (ray.init would join it)
+    assert "num_cpus" in backend["init_args"] and backend["init_args"]["address"] == "local"
     joined = backend_config(RunConfig.load(None, ["fl.ray_address=127.0.0.1:6379"]))
     # a running cluster refuses num_cpus/num_gpus at ray.init: its nodes declare their own
     assert joined["init_args"]["address"] == "127.0.0.1:6379"

@@ -51,8 +51,8 @@ def backend_config(cfg: RunConfig) -> dict:
         )
     if cfg.fl.ray_address:  # a running cluster: its own nodes declare their CPUs and GPUs
         init_args: dict = {"address": cfg.fl.ray_address, "logging_level": "error"}
-    else:
-        init_args = {"num_cpus": os.cpu_count() or 2, "logging_level": "error"}
+    else:  # "local": a new private Ray even where `ray start` left a cluster Ray would join
+        init_args = {"address": "local", "num_cpus": os.cpu_count() or 2, "logging_level": "error"}
     init_args["include_dashboard"] = False
     return {
         "client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus},
