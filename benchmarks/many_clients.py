@@ -173,7 +173,12 @@ def table(rows: list[dict], budget_gib: float) -> dict:
         print(
             f"memory model: server {a:.0f} MiB + {b:.3f} MiB/client; {n_actors} actors × "
             f"{actor_mib:.0f} MiB + Ray's other processes = {fixed:.0f} MiB fixed; "
-            f"largest N in {budget_gib:g} GiB: {model['max_clients']}"
+            f"largest N in {budget_gib:g} GiB: "
+            + (
+                str(model["max_clients"])
+                if model["max_clients"] is not None
+                else "not bounded by N"
+            )
         )
     return model
 
