@@ -70,6 +70,8 @@ BENCH_KNOBS = {
                      "--warmup", "1", "--peak-n", "128", "--stages", "1"],
     "deploy_overhead.py": ["--sites", "2", "--patients", "12", "--arch", "swin_test", "--crop",
                            "32", "--repeats", "1"],
+    "many_clients.py": ["--clients", "3,4", "--sites", "3", "--patients", "30", "--rounds", "1",
+                        "--alpha", "100"],
 }  # fmt: skip
 CAPS = {"--sites": 3, "--patients": 30, "--unlabeled": 6, "--epochs": 1, "--rounds": 1}
 

@@ -31,3 +31,30 @@ def test_speed_table_has_every_arm_and_a_peak_share():
     flops = {r["arm"]: r["gflop_per_img"] for r in result["rows"]}
     assert flops["lora stages=1"] < flops["lora"] < flops["full"]
     assert all(0 < r["peak_share"] for r in result["rows"]) and result["peaks"]["fp32"] > 0
+
+
+def _many_clients():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "many_clients", ROOT / "benchmarks" / "many_clients.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_many_clients_memory_model_fits_a_line_and_finds_the_largest_federation():
+    """The memory model of benchmarks/many_clients.py: server MiB = a + b·N fitted by least
+    squares, then the largest N whose server + fixed (actors, Ray) memory fits the budget."""
+    bench = _many_clients()
+    a, b = bench.fit_line([10, 30, 100], [500 + 2 * n for n in (10, 30, 100)])
+    assert (a, b) == pytest.approx((500, 2))
+    a, b = bench.fit_line([10, 30, 100], [510, 555, 700])  # noisy: the least-squares line
+    assert b == pytest.approx(2.1007, abs=1e-3) and a == pytest.approx(490.30, abs=0.01)
+    assert bench.max_clients(500, 2, fixed=1000, budget=2000) == 250  # 500 + 2·250 + 1000
+    assert bench.max_clients(500, 2, fixed=1000, budget=2001) == 250  # whole clients only
+    assert bench.max_clients(500, 0.0, fixed=1000, budget=2000) is None  # N does not bound it
+    assert bench.max_clients(1500, 2, fixed=1000, budget=2000) == 0  # over budget at N = 0
+    with pytest.raises(ValueError, match="two different"):
+        bench.fit_line([10, 10], [1, 2])

@@ -3,6 +3,7 @@
 import inspect
 import io
 import logging
+import socket
 import sys
 
 import pytest
@@ -31,11 +32,32 @@ def test_client_resources_and_cluster_come_from_config():
     cfg = RunConfig.load(None, ["fl.client_cpus=2", "fl.client_gpus=0.25"])
     backend = backend_config(cfg)
     assert backend["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
-    assert "num_cpus" in backend["init_args"] and "address" not in backend["init_args"]
+    # "local": a private Ray even on a machine where `ray start` runs (ray.init would join it)
+    assert "num_cpus" in backend["init_args"] and backend["init_args"]["address"] == "local"
     joined = backend_config(RunConfig.load(None, ["fl.ray_address=127.0.0.1:6379"]))
     # a running cluster refuses num_cpus/num_gpus at ray.init: its nodes declare their own
     assert joined["init_args"]["address"] == "127.0.0.1:6379"
     assert "num_cpus" not in joined["init_args"] and "num_gpus" not in joined["init_args"]
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_before_flower_starts(monkeypatch):
+    """Ray would retry for minutes, then Flower's ServerApp would wait for nodes for an hour."""
+    with socket.socket() as sock:  # a free port, closed again: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(simulation, "_run_simulation", lambda **kw: pytest.fail("Flower started"))
+    cfg = RunConfig.load(None, [f"fl.ray_address=127.0.0.1:{port}"])
+    with pytest.raises(
+        ConfigError, match=f"fl.ray_address: no Ray cluster answers at 127.0.0.1:{port}"
+    ):
+        simulation.simulate(cfg, 3)
+    with pytest.raises(ConfigError, match="host:port"):
+        simulation.check_ray_address("nohostport")
+    with socket.socket() as server:  # something listens: accepted
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        simulation.check_ray_address(f"127.0.0.1:{server.getsockname()[1]}")
+    simulation.check_ray_address("auto")
 
 
 def test_cuda_clients_need_a_gpu_share():

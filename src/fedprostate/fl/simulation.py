@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 
 from flwr.common.logger import update_console_handler
@@ -51,8 +52,8 @@ def backend_config(cfg: RunConfig) -> dict:
         )
     if cfg.fl.ray_address:  # a running cluster: its own nodes declare their CPUs and GPUs
         init_args: dict = {"address": cfg.fl.ray_address, "logging_level": "error"}
-    else:
-        init_args = {"num_cpus": os.cpu_count() or 2, "logging_level": "error"}
+    else:  # "local": a new private Ray even where `ray start` left a cluster Ray would join
+        init_args = {"address": "local", "num_cpus": os.cpu_count() or 2, "logging_level": "error"}
     init_args["include_dashboard"] = False
     return {
         "client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus},
@@ -60,11 +61,30 @@ def backend_config(cfg: RunConfig) -> dict:
     }
 
 
+def check_ray_address(address: str) -> None:
+    """Refuse an ``fl.ray_address`` host:port where nothing listens, before Flower starts: Ray
+    would retry for minutes and Flower's ServerApp would then wait for nodes until its timeout."""
+    if address in ("", "auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f'fl.ray_address: {address!r} is not "", "auto" or host:port')
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"fl.ray_address: no Ray cluster answers at {address} ({exc}); start one there with "
+            f"`ray start --head --port={port}`, or leave fl.ray_address empty for a private Ray"
+        ) from None
+
+
 def simulate(
     cfg: RunConfig, num_clients: int, verbose: bool = False, pretrain: bool = False
 ) -> None:
     """Run the ServerApp and ``num_clients`` ClientApps of ``cfg`` (paths already absolute):
     federated fine-tuning, or federated self-supervised pre-training with ``pretrain``."""
+    check_ray_address(cfg.fl.ray_address)
     flat = cfg.to_flat()
     if pretrain:
         server_app, client_app = make_pretrain_server_app(flat), make_pretrain_client_app(flat)
