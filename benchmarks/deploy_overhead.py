@@ -5,8 +5,10 @@ Flower 1.42 runs every message a SuperNode receives in a new ``flwr-clientapp`` 
 ``flower-superexec``, which still starts one process per task). So each site pays, per message
 (a round sends it two: train and evaluate), interpreter start, the imports (flwr, torch, timm,
 peft), the model build and the crop-cache read before it trains. This script measures those
-phases in a fresh child process, then the same message again in the same (now warm) process, and
-prints cold ÷ warm: the part of a deployment round a warm per-site process would remove.
+phases in a fresh child process ("before": no warm process), then sends a real training message
+through the ClientApp handler (the site's mod chain included) from a fresh process that hands it
+to the site's warm process ("after"), phase by phase, and says whether that process imported
+torch: the part of a deployment round the warm per-site process removes.
 
     python benchmarks/deploy_overhead.py [--sites 2] [--arch swin_tiny] [--crop 64]
 """

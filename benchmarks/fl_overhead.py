@@ -42,6 +42,18 @@ def main() -> None:
     ap.add_argument(
         "--work", type=Path, default=None, help="Folder for data and runs (default: temp)."
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="Also run the federation once under cProfile and print where a round's time goes.",
+    )
+    ap.add_argument(
+        "--site-val-every",
+        type=int,
+        default=None,
+        help="Also run the federation with this fl.site_val_every (0 = the sites never score "
+        "their validation split inside a training round) and print its ratio.",
+    )
     args = ap.parse_args()
     cores = os.cpu_count() or 2
     work = args.work or Path(tempfile.mkdtemp(prefix="fl_overhead_"))
@@ -85,15 +97,11 @@ def main() -> None:
             )
         local_s.append(time.perf_counter() - t0)
 
-    run = work / "run"
-    federate(cfg, run)
-    rounds = [
-        json.loads(line)
-        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
-    times = {e["round"]: e["time_s"] for e in rounds}
-    round_s = [times[r] - times[r - 1] for r in range(2, args.rounds + 1)]
-    first_s = times[1] - times[0]
+    round_s, first_s = _federated_rounds(cfg, work / "run")
+    cut = None
+    if args.site_val_every is not None:  # the same federation with the sites' validation cut
+        cut_cfg = cfg.replace(**{"fl.site_val_every": args.site_val_every})
+        cut, _ = _federated_rounds(cut_cfg, work / "run_cut")
     local_med = statistics.median(local_s)
     ratio = statistics.median(round_s) / local_med if round_s else float("nan")
     per_site = local_med / len(names)
@@ -114,10 +122,35 @@ def main() -> None:
     )
     table.add_row("round 1 (actor start-up + model build) (s)", f"{first_s:.2f}")
     table.add_row("overhead ratio (goal ≤ 1.10)", f"{ratio:.3f}")
+    cut_ratio = None
+    if cut:
+        cut_ratio = statistics.median(cut) / local_med
+        what = f"fl.site_val_every = {args.site_val_every}"
+        table.add_row(
+            f"Flower round, {what}, median of rounds 2.. (s)", f"{statistics.median(cut):.2f}"
+        )
+        table.add_row(f"overhead ratio with {what}", f"{cut_ratio:.3f}")
     table.add_row(
         "rounds per hour, 17 sites of this size, one machine", f"{rounds_per_hour_17:.1f}"
     )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    profile = None
+    if args.profile:
+        from fl_profile import profiled_federate
+
+        start = 1 if args.rounds >= 2 else 0  # round 1 pays for the actors' start-up
+        profile = profiled_federate(federate, cfg, work / "run_profiled", start)
+        ptable = Table(
+            title=f"Where a round goes (cProfile, rounds {start + 1}–{args.rounds}; "
+            f"profiled round {profile['wall_per_round']:.2f} s, local training "
+            f"{local_med:.2f} s)"
+        )
+        for col in ("phase (server thread, then sites in the Ray actors)", "s per round", "share"):
+            ptable.add_column(col)
+        for phase, sec, share in profile["rows"]:
+            ptable.add_row(phase, f"{sec:.3f}", f"{share:.0%}")
+        console.print(ptable)
     print(
         json.dumps(
             {
@@ -126,9 +159,21 @@ def main() -> None:
                 "first_round_s": first_s,
                 "ratio": ratio,
                 "rounds_per_hour_17_sites": rounds_per_hour_17,
+                "profile": profile,
+                "cut_round_s": cut,
+                "cut_ratio": cut_ratio,
             }
         )
     )
+
+
+def _federated_rounds(cfg: RunConfig, run: Path) -> tuple[list[float], float]:
+    """(wall seconds of rounds 2.., of round 1) of one federated run."""
+    federate(cfg, run)
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    times = {e["round"]: e["time_s"] for e in map(json.loads, lines)}
+    rounds = cfg.fl.rounds
+    return [times[r] - times[r - 1] for r in range(2, rounds + 1)], times[1] - times[0]
 
 
 if __name__ == "__main__":
