@@ -7,7 +7,12 @@ passing, (de)serialization, Ray scheduling). Clients run one at a time with all 
 arms (``fl.client_cpus`` = cores), so the two arms do the same arithmetic on the same threads.
 Round 1 also pays for starting Ray actors and building the model; it is reported apart.
 
+``--site-val-every K`` runs the federation again with ``fl.site_val_every = K`` and prints its
+ratio too; ``--profile`` runs it once more under cProfile and prints a round's time by phase
+(``fl_profile.py``).
+
     python benchmarks/fl_overhead.py [--sites 4] [--arch swin_tiny] [--epochs 2] [--rounds 3]
+        [--site-val-every 0] [--profile]
 """
 
 from __future__ import annotations

@@ -211,7 +211,10 @@ def call_message(
     Message and context cross as Flower's own protobuf encoding (what a SuperNode sends)."""
     request = {
         "op": "message",
-        "server_round": msg.metadata.group_id,
+        "server_round": next(  # for the log line: the round, from whichever config has it
+            (r["server-round"] for r in msg.content.config_records.values() if "server-round" in r),
+            msg.metadata.group_id,
+        ),
         "overrides": overrides,
         "message": message_to_proto(msg).SerializeToString(),
         "context": context_to_proto(context).SerializeToString(),
