@@ -41,8 +41,9 @@ SERVER_RULES = [
      r"(send_and_receive|pull_messages)$|_thread\.lock|threading\.py:wait$"),
     ("Flower server loop (configure, sample)", r"flwr/serverapp/strategy/|fl/strategies\.py"),
 ]  # fmt: skip
+TRAINING = "site: local training"
 SITE_RULES = [
-    ("site: local training", r"engine/loop\.py:train_local$|engine/dp_sgd\.py"),
+    (TRAINING, r"engine/loop\.py:train_local$|engine/dp_sgd\.py"),
     ("site: validation inside train_round", r"engine/loop\.py:score_dataset$"),
     ("site: model load, state files", r"fl/client\.py:(load_global|_load_state|_save_state)$|"
      r"engine/setup\.py"),
