@@ -7,7 +7,12 @@ passing, (de)serialization, Ray scheduling). Clients run one at a time with all 
 arms (``fl.client_cpus`` = cores), so the two arms do the same arithmetic on the same threads.
 Round 1 also pays for starting Ray actors and building the model; it is reported apart.
 
+``--site-val-every K`` runs the federation again with ``fl.site_val_every = K`` and prints its
+ratio too; ``--profile`` runs it once more under cProfile and prints a round's time by phase
+(``fl_profile.py``).
+
     python benchmarks/fl_overhead.py [--sites 4] [--arch swin_tiny] [--epochs 2] [--rounds 3]
+        [--site-val-every 0] [--profile]
 """
 
 from __future__ import annotations
@@ -41,6 +46,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument(
         "--work", type=Path, default=None, help="Folder for data and runs (default: temp)."
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="Also run the federation once under cProfile and print where a round's time goes.",
+    )
+    ap.add_argument(
+        "--site-val-every",
+        type=int,
+        default=None,
+        help="Also run the federation with this fl.site_val_every (0 = the sites never score "
+        "their validation split inside a training round) and print its ratio.",
     )
     args = ap.parse_args()
     cores = os.cpu_count() or 2
@@ -85,15 +102,11 @@ def main() -> None:
             )
         local_s.append(time.perf_counter() - t0)
 
-    run = work / "run"
-    federate(cfg, run)
-    rounds = [
-        json.loads(line)
-        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
-    times = {e["round"]: e["time_s"] for e in rounds}
-    round_s = [times[r] - times[r - 1] for r in range(2, args.rounds + 1)]
-    first_s = times[1] - times[0]
+    round_s, first_s = _federated_rounds(cfg, work / "run")
+    cut = None
+    if args.site_val_every is not None:  # the same federation with the sites' validation cut
+        cut_cfg = cfg.replace(**{"fl.site_val_every": args.site_val_every})
+        cut, _ = _federated_rounds(cut_cfg, work / "run_cut")
     local_med = statistics.median(local_s)
     ratio = statistics.median(round_s) / local_med if round_s else float("nan")
     per_site = local_med / len(names)
@@ -114,10 +127,28 @@ def main() -> None:
     )
     table.add_row("round 1 (actor start-up + model build) (s)", f"{first_s:.2f}")
     table.add_row("overhead ratio (goal ≤ 1.10)", f"{ratio:.3f}")
+    cut_ratio = None
+    if cut:
+        cut_ratio = statistics.median(cut) / local_med
+        what = f"fl.site_val_every = {args.site_val_every}"
+        table.add_row(
+            f"Flower round, {what}, median of rounds 2.. (s)", f"{statistics.median(cut):.2f}"
+        )
+        table.add_row(f"overhead ratio with {what}", f"{cut_ratio:.3f}")
     table.add_row(
         "rounds per hour, 17 sites of this size, one machine", f"{rounds_per_hour_17:.1f}"
     )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    profiles = []
+    if args.profile:  # each arm once more under cProfile: its time by phase, in-run ratio
+        arms = [("default", cfg)]
+        if args.site_val_every is not None:
+            arms.append((f"fl.site_val_every = {args.site_val_every}", cut_cfg))
+        for i, (name, arm_cfg) in enumerate(arms):
+            profiles.append(
+                {"arm": name, **_profile(console, arm_cfg, work / f"run_prof{i}", name)}
+            )
     print(
         json.dumps(
             {
@@ -126,9 +157,43 @@ def main() -> None:
                 "first_round_s": first_s,
                 "ratio": ratio,
                 "rounds_per_hour_17_sites": rounds_per_hour_17,
+                "profiles": profiles,
+                "cut_round_s": cut,
+                "cut_ratio": cut_ratio,
             }
         )
     )
+
+
+def _profile(console: Console, cfg: RunConfig, run: Path, arm: str) -> dict:
+    """One profiled federation: its phase table, and the round ÷ the sites' training inside it
+    (both measured in the same rounds, so other jobs' load moves them together)."""
+    from fl_profile import TRAINING, profiled_federate
+
+    start = 1 if cfg.fl.rounds >= 2 else 0  # round 1 pays for the actors' start-up
+    profile = profiled_federate(federate, cfg, run, start)
+    training = next((sec for phase, sec, _ in profile["rows"] if phase == TRAINING), 0.0)
+    profile["in_run_ratio"] = profile["wall_per_round"] / training if training else float("nan")
+    table = Table(
+        title=f"Where a round goes ({arm}; cProfile, rounds {start + 1}–{cfg.fl.rounds}): "
+        f"round {profile['wall_per_round']:.2f} s ÷ sites' training in it "
+        f"= {profile['in_run_ratio']:.3f}"
+    )
+    for col in ("phase (server thread, then sites in the Ray actors)", "s per round", "share"):
+        table.add_column(col)
+    for phase, sec, share in profile["rows"]:
+        table.add_row(phase, f"{sec:.3f}", f"{share:.1%}")
+    console.print(table)
+    return profile
+
+
+def _federated_rounds(cfg: RunConfig, run: Path) -> tuple[list[float], float]:
+    """(wall seconds of rounds 2.., of round 1) of one federated run."""
+    federate(cfg, run)
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    times = {e["round"]: e["time_s"] for e in map(json.loads, lines)}
+    rounds = cfg.fl.rounds
+    return [times[r] - times[r - 1] for r in range(2, rounds + 1)], times[1] - times[0]
 
 
 if __name__ == "__main__":

@@ -272,6 +272,9 @@ class FLConfig:
     beta_2: float = 0.99
     round_timeout: float = 3600.0
     eval_every: int = 1  # server-side benchmark test each k rounds (simulation only)
+    # Each site scores its own validation split inside a training round (its reply's val-auroc)
+    # every k rounds and in the last one; 0 = never (val-auroc NaN, val-n 0, as under DP).
+    site_val_every: int = 1
     client_cpus: float = 1.0  # Ray resources per simulated client: CPUs ...
     client_gpus: float = 0.0  # ... and GPUs (a fraction shares one GPU between clients)
     # Ray cluster of the simulation: "" = start a private one on this machine; "auto" or
@@ -288,6 +291,7 @@ class FLConfig:
     def __post_init__(self) -> None:
         _choice("fl.strategy", self.strategy, STRATEGIES)
         _check("fl.min_sites", self.min_sites, self.min_sites >= 1, ">= 1")
+        _check("fl.site_val_every", self.site_val_every, self.site_val_every >= 0, ">= 0")
         _check(
             "fl.secagg_threshold", self.secagg_threshold, 0 < self.secagg_threshold <= 1, "(0, 1]"
         )

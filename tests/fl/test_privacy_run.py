@@ -166,6 +166,26 @@ def test_secagg_server_never_holds_a_site_update_and_survives_a_drop(tmp_path, m
     assert entry["clients"][0]["bytes_up"] > 0
 
 
+@pytest.mark.slow
+def test_secagg_stages_run_in_the_warm_site_processes(tmp_path):
+    """Deployment with warm site processes: every SecAgg+ stage (keys, shares, masking, unmasking)
+    runs in the site's warm process, its keys and shares crossing back in the node state."""
+    state = tmp_path / "state"
+    _, rounds = _run(
+        tmp_path,
+        3,
+        node_config=lambda i: {"warm-seconds": 120.0, "state-dir": str(state)},
+        **{"fl.secure_aggregation": True, "fl.rounds": 1},
+    )
+    (entry,) = rounds
+    assert entry["secagg"]["sites_in_sum"] == 3
+    for site in ("siteA", "siteB", "siteC"):
+        log = (state / site / "warm.log").read_text(encoding="utf-8")
+        assert "warm process: message round" in log, site  # the chain ran there
+    got = load_file(str(tmp_path / "run" / "checkpoints" / "round_0001.safetensors"))
+    assert all(np.isfinite(v).all() for v in got.values())
+
+
 def _as_reply(tensors):
     from flwr.app import Message, RecordDict
 

@@ -101,6 +101,13 @@ def check_site_budget(cfg: RunConfig, site: SiteContext, server_round: int, n_tr
         )
 
 
+def site_val_due(cfg: RunConfig, server_round: int) -> bool:
+    """Whether a site scores its validation split in this training round (``fl.site_val_every``:
+    every k rounds and the last one; 0 = never)."""
+    every = cfg.fl.site_val_every
+    return every > 0 and (server_round % every == 0 or server_round >= cfg.fl.rounds)
+
+
 def train_round(
     cfg: RunConfig,
     site: SiteContext,
@@ -112,7 +119,9 @@ def train_round(
 
     The tensors come back in the order they arrived (Flower's clipping mods compare the keys).
     Under differential privacy only the tensors carry information: num-examples is 1 (equal
-    weights, as the noise calibration assumes) and the loss and validation scores are NaN.
+    weights, as the noise calibration assumes) and the loss and validation scores are NaN. The
+    site scores its validation split only in rounds that ``fl.site_val_every`` asks for (else
+    val-auroc NaN, val-n 0: the same metric keys every round).
     """
     bundle = load_global(cfg, global_tensors, expected_sha)
     ft = bundle.ft
@@ -149,7 +158,9 @@ def train_round(
         }
         log.info("site %s round %d: trained %d DP steps", site.name, server_round, result.steps)
         return out, metrics
-    val, _ = score_dataset(ft.model, setup.client_dataset(cfg, site.name, "val"))
+    val = {"auroc": float("nan"), "n": 0}
+    if site_val_due(cfg, server_round):
+        val, _ = score_dataset(ft.model, setup.client_dataset(cfg, site.name, "val"))
     metrics = {
         "num-examples": result.num_examples,
         "train-loss": result.loss,

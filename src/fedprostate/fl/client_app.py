@@ -5,9 +5,11 @@ noise, in that documented order). Evaluation obeys the site's own limits from it
 (``eval-splits``: the splits it scores, default ``val``; ``max-evals``: queries answered per run;
 counted in the node's context state, which a SuperNode restart resets).
 
-The work itself (``client.train_round`` / ``client.evaluate_received``) runs here, or, when the
-node config asks for it (``warm-seconds`` > 0, deployment only), in the site's warm process
-(``fl/warm.py``) that keeps torch, the model and the crops loaded between messages.
+The work itself runs here, or, when the node config asks for it (``warm-seconds`` > 0, deployment
+only), in the site's warm process (``fl/warm.py``) that keeps torch, the model and the crops
+loaded between messages: a training message goes there whole and its mod chain runs there
+(masking and noise still happen at the site, before the reply comes back here to be audited and
+sent); an evaluation message hands over its tensors.
 
 Errors sent to the server carry no patient/study identifiers or file paths: the full error stays
 in the site's local log, the server gets the exception type and the site name only — unless the
@@ -55,11 +57,17 @@ def errors_stay_local(site: SiteContext, phase: str, msg: Message):
         raise RuntimeError(public) from None
 
 
+def _warm_seconds(context: Context, site: SiteContext) -> float:
+    """Idle seconds of the site's warm process, or 0 to work here (deployment only: the warm
+    process needs a ``state-dir``)."""
+    idle_s = float(context.node_config.get("warm-seconds", 0) or 0)
+    return idle_s if site.state_dir is not None else 0.0
+
+
 def _run(op: str, overrides, context: Context, site: SiteContext, **call):
     """``train_round``/``evaluate_received`` here, or in the site's warm process when the node
-    config asks for one (``warm-seconds`` > 0, deployment only: it needs a ``state-dir``)."""
-    idle_s = float(context.node_config.get("warm-seconds", 0) or 0)
-    if idle_s > 0 and site.state_dir is not None:
+    config asks for one (``warm-seconds`` > 0)."""
+    if idle_s := _warm_seconds(context, site):
         request = {
             "op": op,
             "run_config": dict(context.run_config),
@@ -74,32 +82,26 @@ def _run(op: str, overrides, context: Context, site: SiteContext, **call):
     return client.run_step(op, cfg, site, call["server_round"], call["received"], call["kwargs"])
 
 
+def _train(msg: Message, context: Context, overrides, site: SiteContext) -> Message:
+    """The training message through the site's mod chain (``site_mods.train_message``: decode,
+    train, clip/noise, encode, SecAgg+ masking) here, or all of it in the site's warm process, so
+    that this one-message process never imports torch (``fl/warm.py``)."""
+    if idle_s := _warm_seconds(context, site):
+        return warm.call_message(site.state_dir, msg, context, overrides, idle_s)
+    from fedprostate.fl.site_mods import train_message  # torch: only where the work is done
+
+    return train_message(msg, context, overrides)
+
+
 def make_client_app(overrides: dict | None = None) -> ClientApp:
     app = ClientApp()
 
     @app.train()
     def handle_train(msg: Message, context: Context) -> Message:
-        from fedprostate.fl.site_mods import run_chain, train_chain
-
         cfg = config_from_context(context.run_config, overrides, context.node_config)
         site = site_context(cfg, context.node_config, cfg.out)
-
-        def train_handler(inner: Message, ctx: Context) -> Message:
-            config = inner.content["config"]
-            out, metrics = _run(
-                "train",
-                overrides,
-                context,
-                site,
-                server_round=int(config["server-round"]),
-                received=wire.from_record(inner.content["arrays"]),
-                kwargs={"expected_sha": str(config.get("foundation-sha256", ""))},
-            )
-            content = RecordDict({"arrays": wire.to_record(out), "metrics": MetricRecord(metrics)})
-            return Message(content=content, reply_to=inner)
-
         with errors_stay_local(site, "training", msg):
-            reply = run_chain(train_chain(cfg, site), train_handler, msg, context)
+            reply = _train(msg, context, overrides, site)
         if reply.has_error():
             audit_sent(site, msg, "training", error=reply.error.reason)
         else:

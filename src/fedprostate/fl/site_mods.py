@@ -24,15 +24,17 @@ import math
 from collections.abc import Callable
 
 import flwr.compat.common.recorddict_compat as compat
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedprostate.config import RunConfig
 from fedprostate.engine import setup
-from fedprostate.fl import wire
+from fedprostate.fl import client, wire
 from fedprostate.fl.client import SiteContext, decode_global, encode_reply
+from fedprostate.fl.config_io import config_from_context
+from fedprostate.fl.site import site_context
 from fedprostate.fl.strategies import REPORT_KEY
 
 Handler = Callable[[Message, Context], Message]
@@ -140,3 +142,24 @@ def train_chain(cfg: RunConfig, site: SiteContext) -> list[Mod]:
     if cfg.fl.secure_aggregation:
         mods += [secaggplus_mod, legacy_fit_layout(cfg, site)]
     return [*mods, codec_mod(cfg, site), *privacy_mods(cfg)]
+
+
+def train_message(msg: Message, context: Context, overrides: dict | None = None) -> Message:
+    """A training message through the whole chain and ``train_round``: the reply that leaves the
+    site (run in the ClientApp process, or in the site's warm process: ``fl/warm.py``)."""
+    cfg = config_from_context(context.run_config, overrides, context.node_config)
+    site = site_context(cfg, context.node_config, cfg.out)
+
+    def handler(inner: Message, ctx: Context) -> Message:
+        config = inner.content["config"]
+        out, metrics = client.train_round(  # through the module: tests spy on it
+            cfg,
+            site,
+            int(config["server-round"]),
+            wire.from_record(inner.content["arrays"]),
+            str(config.get("foundation-sha256", "")),
+        )
+        content = RecordDict({"arrays": wire.to_record(out), "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=inner)
+
+    return run_chain(train_chain(cfg, site), handler, msg, context)

@@ -10,8 +10,12 @@ process, which runs the very same ``train_round`` / ``evaluate_round`` with its 
 indexes cached (``engine/setup.py``) and answers. The first message starts it (and waits for it);
 it exits after ``S`` idle seconds or when its SuperNode is gone.
 
-Nothing leaves the site that would not have left without it: the warm process returns what the
-functions return to the ClientApp process, which audits and replies as before. Errors keep their
+A training message crosses whole (Flower's protobuf encoding of the message and the node's context)
+and the site's mod chain (``site_mods``: decoding, clipping and noise, encoding, SecAgg+ masking)
+runs in the warm process, so the per-message process imports no torch at all; an evaluation
+message hands over its tensors. Nothing leaves the site that would not have left without it:
+the warm process is the same site and returns the finished reply (already clipped, noised and
+masked) and the updated node state to the ClientApp process, which audits and replies as before. Errors keep their
 rule: a ``PublicError``'s text is passed on, any other error is logged in the warm process's log
 (``<state-dir>/warm.log``) and only its type travels. The socket is a Unix socket with a random
 key in ``<state-dir>/warm.key`` (owner-only), checked by ``multiprocessing``'s HMAC handshake
@@ -30,6 +34,19 @@ import threading
 import time
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.common.serde import (
+    context_from_proto,
+    context_to_proto,
+    message_from_proto,
+    message_to_proto,
+    recorddict_from_proto,
+    recorddict_to_proto,
+)
+from flwr.proto.message_pb2 import Context as ProtoContext
+from flwr.proto.message_pb2 import Message as ProtoMessage
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 from fedprostate.fl.config_io import config_from_context
 from fedprostate.fl.site import PublicError
@@ -54,6 +71,16 @@ def socket_path(state_dir: str | Path) -> str:
 
 
 def _handle(request: dict):
+    if request["op"] == "message":  # a whole training message: the site's mod chain runs here
+        from fedprostate.fl.site_mods import train_message  # torch etc., once per warm process
+
+        msg = message_from_proto(ProtoMessage.FromString(request["message"]))
+        context = context_from_proto(ProtoContext.FromString(request["context"]))
+        reply = train_message(msg, context, request["overrides"])
+        return {
+            "reply": message_to_proto(reply).SerializeToString(),
+            "state": recorddict_to_proto(context.state).SerializeToString(),
+        }
     from fedprostate.fl import client  # the heavy imports, once per warm process
 
     cfg = config_from_context(request["run_config"], request["overrides"], request["node_config"])
@@ -174,6 +201,27 @@ def call(state_dir: str | Path, request: dict, idle_s: float, start_timeout: flo
     if status == "private":
         raise RemoteError(value)
     return value
+
+
+def call_message(
+    state_dir: str | Path, msg: Message, context: Context, overrides, idle_s: float
+) -> Message:
+    """A training message through the site's mod chain in its warm process: the reply, with
+    ``context.state`` updated as the mods left it (SecAgg+ keeps its keys and shares there).
+    Message and context cross as Flower's own protobuf encoding (what a SuperNode sends)."""
+    request = {
+        "op": "message",
+        "server_round": next(  # for the log line: the round, from whichever config has it
+            (r["server-round"] for r in msg.content.config_records.values() if "server-round" in r),
+            msg.metadata.group_id,
+        ),
+        "overrides": overrides,
+        "message": message_to_proto(msg).SerializeToString(),
+        "context": context_to_proto(context).SerializeToString(),
+    }
+    result = call(state_dir, request, idle_s)
+    context.state = recorddict_from_proto(ProtoRecordDict.FromString(result["state"]))
+    return message_from_proto(ProtoMessage.FromString(result["reply"]))
 
 
 if __name__ == "__main__":
