@@ -58,3 +58,34 @@ def test_many_clients_memory_model_fits_a_line_and_finds_the_largest_federation(
     assert bench.max_clients(1500, 2, fixed=1000, budget=2000) == 0  # over budget at N = 0
     with pytest.raises(ValueError, match="two different"):
         bench.fit_line([10, 10], [1, 2])
+
+
+def _deploy_scale():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "deploy_scale", Path(__file__).parents[1] / "benchmarks" / "deploy_scale.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deploy_scale_groups_processes_by_kind_and_keeps_peaks():
+    ds = _deploy_scale()
+    assert ds.kind_of(["/v/bin/flower-supernode", "--superlink", "x"]) == "SuperNode"
+    assert ds.kind_of(["/v/bin/python", "-m", "fedprostate.fl.warm", "/r/state"]) == (
+        "warm site process"
+    )
+    assert ds.kind_of(["nginx: worker process"]) == "nginx"
+    mib = 2**20
+    samples = [
+        {1: ("SuperLink", 100 * mib), 2: ("SuperNode", 50 * mib), 3: ("SuperNode", 60 * mib)},
+        {1: ("SuperLink", 80 * mib), 2: ("SuperNode", 70 * mib), 4: ("SuperNode", 10 * mib)},
+    ]
+    out = ds.summarize(samples)
+    # three SuperNode processes; the largest one peaked at 70; the kind's sum peaked at 110
+    # (first instant: 50 + 60), not at the sum of per-process peaks (70 + 60 + 10 = 140)
+    assert out["SuperNode"] == {"processes": 3, "peak_one_mib": 70, "peak_sum_mib": 110}
+    assert out["SuperLink"]["peak_one_mib"] == 100
+    assert out["all"]["peak_sum_mib"] == 210  # 100 + 50 + 60 at the first instant
