@@ -84,6 +84,23 @@ def test_a_validation_split_of_one_class_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_a_cache_of_another_crop_size_is_one_line_before_any_process_starts(tmp_path):
+    """Mutant: no crop check -> a 17-SuperNode deployment ran 2 rounds (9.5 min) in which all
+    68 replies failed with timm's AssertionError; the simulation failed the same way."""
+    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA", "siteB"), crop=32)
+    for command in ("federate", "deploy-local"):
+        args = ["--sites", "2"] if command == "deploy-local" else []
+        out = tmp_path / command
+        _one_line_error(
+            _cli(
+                command, *args, "--data", str(cache), "--out", str(out), "--set", "model.crop=64"
+            ),  # fmt: skip
+            "holds 32 px crops but model.crop = 64",
+            "model.crop=32",
+        )
+        assert not (out / "metrics.jsonl").exists() and not (out / "deployment").exists()
+
+
 def test_plain_unwrapped_output_when_piped_and_json(tmp_path):
     deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "cache"
     cache = write_tiny_cache(deep, sites=("siteA", "siteB"))

@@ -64,6 +64,11 @@ def deploy_local_command(
         fail(f"configuration: {exc}")
     if not (cache / "index.csv").exists():
         fail(f"{cache}: not a crop cache (no index.csv) (--cache)")
+    from fedprostate.engine.setup import crop_mismatch
+
+    mismatch = crop_mismatch(cfg, cache)
+    if mismatch:
+        fail(mismatch)
     counts, _ = describe_cache(cache)
     names = sorted(counts)
     if sites > len(names):

@@ -137,6 +137,21 @@ class RunInputError(ValueError):
     """A run that cannot start (missing crop cache or foundation, unusable validation split)."""
 
 
+def crop_mismatch(cfg: RunConfig, cache: Path) -> str:
+    """One line when the cache's crops are not the size the model is built for ("" if they are):
+    without it every training step of every site fails inside the backbone."""
+    if not (cache / "meta.json").is_file():
+        return ""
+    crop = load_meta(cache).get("crop")
+    if crop is None or int(crop) == cfg.model.crop:
+        return ""
+    return (
+        f"{cache} holds {int(crop)} px crops but model.crop = {cfg.model.crop}: "
+        f"set model.crop={int(crop)} (--set model.crop={int(crop)}) or prepare the cache at "
+        f"{cfg.model.crop} px"
+    )
+
+
 def check_run_data(cfg: RunConfig) -> None:
     """Refuse, before any process starts, a run whose inputs cannot give a meaningful result.
 
@@ -156,6 +171,9 @@ def check_run_data(cfg: RunConfig) -> None:
         )
     if cfg.model.foundation and not Path(cfg.model.foundation).is_file():
         raise RunInputError(f"model.foundation = {cfg.model.foundation}: no such checkpoint")
+    mismatch = crop_mismatch(cfg, cache)
+    if mismatch:
+        raise RunInputError(mismatch)
     labels = [int(r["label"]) for r in _index(str(cache.resolve())) if r["split"] == "val"]
     if len(set(labels)) < 2:
         what = "no findings" if not labels else f"only label {labels[0]} ({len(labels)} findings)"
