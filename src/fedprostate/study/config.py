@@ -24,6 +24,7 @@ from fedprostate.config import (
     flatten,
 )
 
+DEFAULT_SPLIT = (0.6, 0.2, 0.2)  # train, val, test: `data prepare`'s default
 SECTIONS = (
     "backbone",
     "method",
@@ -74,6 +75,22 @@ class DataPlan:
     seed: int = 0
     crop: int = 32
     spacing: float = 0.5
+    # train / validation / test fractions of the patients (per site and label); () = the crop
+    # cache's own split (0.6 / 0.2 / 0.2 when the study prepares it). Set, it is pre-registered.
+    split: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        split = tuple(float(x) for x in self.split)
+        object.__setattr__(self, "split", split)
+        if split and (len(split) != 3 or min(split) <= 0 or abs(sum(split) - 1) > 1e-6):
+            raise ValueError(
+                f"data.split must be three positive fractions (train, val, test) summing to 1, "
+                f"got {list(split)}"
+            )
+
+    def fractions(self) -> tuple[float, float, float]:
+        """The split the study prepares its crop caches with."""
+        return self.split or DEFAULT_SPLIT  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -185,7 +202,7 @@ class StudyConfig:
             "multiplicity": "holm (primary family; secondary family apart)",
             "seeds": list(self.seeds),
             "stopping": self.stopping_rule(),
-        }
+        } | ({"split": list(self.data.split)} if self.data.split else {})
 
     def stopping_rule(self) -> dict:
         """Every arm: stop after ``patience`` scored rounds without a better validation AUROC,

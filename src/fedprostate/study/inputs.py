@@ -43,6 +43,19 @@ def synthesize_raw(raw: Path, cfg: StudyConfig, console: Console) -> None:
     )
 
 
+def check_split(cache: Path, cfg: StudyConfig) -> None:
+    """A crop cache split otherwise than ``data.split`` (when set) cannot serve the study."""
+    meta = cache / "meta.json"
+    if not cfg.data.split or not meta.exists():
+        return
+    have = json.loads(meta.read_text(encoding="utf-8")).get("fractions")
+    if have is None or any(abs(a - b) > 1e-6 for a, b in zip(have, cfg.data.split, strict=True)):
+        raise ValueError(
+            f"{cache}: crop cache split {have} (train, val, test), but [data] split is "
+            f"{list(cfg.data.split)}; prepare the cache with that split or use a new study folder"
+        )
+
+
 def prepare_cache(raw: Path, cache: Path, mode: str, cfg: StudyConfig, console: Console) -> None:
     if (cache / "index.csv").exists():
         console.print(f"[dim]{mode} crop cache {cache}: exists, kept[/dim]")
@@ -50,7 +63,7 @@ def prepare_cache(raw: Path, cache: Path, mode: str, cfg: StudyConfig, console: 
 
     t0 = time.time()
     report = prepare(raw, cache, mode=mode, crop=cfg.data.crop, spacing=cfg.data.spacing,
-                     seed=cfg.data.seed, console=console)  # fmt: skip
+                     seed=cfg.data.seed, fractions=cfg.data.fractions(), console=console)  # fmt: skip
     console.print(
         f"{mode} crops: {report.crops} from {report.kept} studies "
         f"({report.rejected} skipped, see {cache}/rejected.csv) in {time.time() - t0:.0f} s"
@@ -75,6 +88,8 @@ def ensure_caches(
     need_organ = needs_organ and not (Path(paths.organ_cache) / "index.csv").exists()
     if cfg.data.cache and need_lesion:
         raise FileNotFoundError(f"data.cache {cfg.data.cache}: no index.csv there")
+    for cache in filter(None, (paths.lesion_cache, paths.organ_cache)):
+        check_split(Path(cache), cfg)  # caches kept from before (or given) must match the split
     raw = raw_source(cfg, out)
     need_unlabeled = (
         cfg.pretrain.enabled

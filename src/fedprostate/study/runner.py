@@ -94,7 +94,8 @@ def _data_sizes(cfg: StudyConfig, cache: str, mode: str) -> tuple[float, float]:
         evaluated = sum(r["split"] in ("val", "test") for r in rows)
         return sum(train.values()) / max(len(train), 1), float(evaluated)
     crops = cfg.data.patients * CROPS_PER_PATIENT[mode]
-    return 0.6 * crops / max(cfg.data.sites, 1), 0.4 * crops
+    train, _, _ = cfg.data.fractions()
+    return train * crops / max(cfg.data.sites, 1), (1 - train) * crops
 
 
 def estimate(cfg: StudyConfig, cells: list[Cell], paths: StudyPaths) -> dict[str, float]:
