@@ -77,7 +77,15 @@ def test_a_validation_split_of_one_class_is_refused_before_training(tmp_path):
             row[label] = "0"
     index.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
     _one_line_error(
-        _cli("centralize", "--data", str(cache), "--out", str(tmp_path / "run")),
+        _cli(
+            "centralize",
+            "--data",
+            str(cache),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "model.crop=32",
+        ),
         "validation split",
         "only label 0",
     )

@@ -50,6 +50,7 @@ def test_federate_over_budget_exits_2_naming_the_key(cache, tmp_path):
             "--data", str(cache), "--out", str(tmp_path / "run"),
             "--set", "fl.strategy=fedavg", "--set", "privacy.client=server-fixed",
             "--set", "privacy.noise_multiplier=0.3", "--set", "privacy.epsilon=1",
+            "--set", "model.crop=32",  # the tiny cache holds 32 px crops
         ],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

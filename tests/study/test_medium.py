@@ -19,7 +19,7 @@ def test_study_medium_is_the_full_federation_with_three_seeds(tmp_path):
     assert set(cfg.sections) == set(SECTIONS)
     assert (cfg.data.sites, cfg.data.patients) == (17, 2040)
     assert len(cfg.seeds) >= 3
-    assert _counts(cfg.data.patients, (0.6, 0.2, 0.2))[2] >= 400  # the test split
+    assert _counts(cfg.data.patients, cfg.data.fractions())[2] >= 400  # the test split
     rule = cfg.stopping_rule()
     assert rule["patience"] > 0 and rule["on"] == "validation AUROC"
     assert cfg.prereg.min_test_patients >= 300 and cfg.prereg.min_test_positives >= 30

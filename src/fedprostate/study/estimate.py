@@ -8,6 +8,10 @@ with LoRA and 44.6 img/s fully, 2 threads).
 Evaluation (validation + test each round) costs about a third of a training step per image.
 A Flower Ray simulation has a fixed start-up cost (``OVERHEAD_S``; 17–24 s measured on an idle
 machine for a 2-client toy, more when the machine is loaded).
+
+Every cell is costed at its round cap: the pre-registered stopping rule ends many arms earlier,
+which is not predicted, so a cell's estimate is an upper bound (study-medium run 1: 76 min of
+cells measured against 102 min estimated before this calibration).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from fedprostate.study.cells import Cell
 # resnet50 / vit_small / vit_base at 64 px: scaled from Swin-T by their FLOPs (not measured).
 # The reduced variants were measured here (3 SGD steps of batch 32, full backward, 1 thread,
 # machine shared with other jobs, load ~9): swin_test 350, resnet_test 375, vit_test 1290 img/s.
+# student_test is not measured: resnet_test's rate scaled by forward + backward FLOPs per 32-px
+# image (torch FlopCounterMode: resnet_test 13.5 M, student_test 12.9 M) -> 390 img/s.
 TRAIN_IMG_PER_S: dict[tuple[str, int], float] = {
     ("swin_tiny", 64): 36.0,
     ("resnet50", 64): 30.0,
@@ -29,6 +35,7 @@ TRAIN_IMG_PER_S: dict[tuple[str, int], float] = {
     ("swin_test", 32): 350.0,
     ("resnet_test", 32): 375.0,
     ("vit_test", 32): 1290.0,
+    ("student_test", 32): 390.0,
 }
 FULL_FT_SLOWDOWN = 71.7 / 44.6
 EVAL_COST = 1 / 3
@@ -51,9 +58,19 @@ def images_per_second(arch: str, crop: int, method: str = "lora") -> float:
 
 
 def cell_seconds(
-    cell: Cell, n_clients: int, train_rows_per_client: float, eval_rows: float, cores: int = 0
+    cell: Cell,
+    n_clients: int,
+    train_rows_per_client: float,
+    val_rows: float,
+    test_rows: float,
+    cores: int = 0,
 ) -> float:
-    """Estimated wall seconds of one cell."""
+    """Estimated wall seconds of one cell at its round cap (``val_rows``/``test_rows``: pooled).
+
+    Scored each round: a federated or centralized run scores the pooled validation and test
+    splits; local-only scores each site's own validation and test splits (together the pooled
+    ones) and the pooled test split once per site.
+    """
     cfg = cell.config
     cores = cores or os.cpu_count() or 2
     ips = images_per_second(cfg.model.arch, cfg.model.crop, cfg.finetune.method)
@@ -63,12 +80,14 @@ def cell_seconds(
         per_client = cfg.train.epochs * train_rows_per_client
     if cfg.data.max_train_per_client > 0 and cfg.train.steps == 0:
         per_client = min(per_client, cfg.train.epochs * cfg.data.max_train_per_client)
-    if cell.kind == "centralize":
-        train_imgs, parallel = per_client * n_clients, 1
+    train_imgs = per_client * n_clients
+    if cell.kind == "federate":
+        parallel = max(1, min(n_clients, cores))
     else:
-        train_imgs = per_client * n_clients
-        parallel = 1 if cell.kind == "local" else max(1, min(n_clients, cores))
-    eval_imgs = eval_rows * (n_clients if cell.kind == "local" else 1)
+        parallel = 1
+    eval_imgs = val_rows + test_rows
+    if cell.kind == "local":
+        eval_imgs += n_clients * test_rows
     per_round = train_imgs / (ips * parallel) + EVAL_COST * eval_imgs / (ips * cores)
     return OVERHEAD_S[cell.kind] + cfg.fl.rounds * (per_round + ROUND_OVERHEAD_S[cell.kind])
 
@@ -81,21 +100,26 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
-# Input preparation, measured on the demo's data at load ~10: synthesis 88 s for 190 studies,
-# lesion crops 16 s for 150 studies, organ slices 12 s for 120, SimMIM 3 s per epoch of 640
-# 32-px crops with the reduced Swin (scaled by pixels and crops for other settings).
-SYNTH_S_PER_STUDY = 0.46
-PREPARE_S_PER_STUDY = 0.11
-PRETRAIN_S_PER_CROP_EPOCH_32PX = 3.0 / 640
+# Input preparation, measured in study-medium run 1 on an idle 2-core machine: synthesis
+# 224 s for 2,100 studies (2 workers), lesion crops 192 s and organ slices 128 s for 2,040
+# studies, SimMIM 5 epochs of 480 32-px crops with the reduced Swin in 5 s (scaled by pixels and
+# crops for other settings).
+SYNTH_S_PER_STUDY = 0.107
+PREPARE_S_PER_STUDY = {"lesion": 0.094, "organ": 0.063}
+PRETRAIN_S_PER_CROP_EPOCH_32PX = 5.0 / (480 * 5)
 
 
 def inputs_seconds(
-    studies: int, unlabeled: int, caches: int, archs: int, crops: int, epochs: int, crop: int
+    studies: int,
+    unlabeled: int,
+    caches: tuple[str, ...],
+    archs: int,
+    crops: int,
+    epochs: int,
+    crop: int,
 ) -> float:
-    """Estimated seconds to synthesize, prepare ``caches`` crop caches and pre-train ``archs``."""
+    """Estimated seconds to synthesize, prepare the ``caches`` ("lesion", "organ") and pre-train
+    ``archs`` backbones."""
     pretrain = archs * crops * epochs * PRETRAIN_S_PER_CROP_EPOCH_32PX * (crop / 32) ** 2
-    return (
-        SYNTH_S_PER_STUDY * (studies + unlabeled)
-        + PREPARE_S_PER_STUDY * studies * caches
-        + pretrain
-    )
+    prepare = sum(PREPARE_S_PER_STUDY[mode] for mode in caches) * studies
+    return SYNTH_S_PER_STUDY * (studies + unlabeled) + prepare + pretrain

@@ -86,16 +86,17 @@ def planned_paths(cfg: StudyConfig, out: Path) -> StudyPaths:
     return StudyPaths(lesion, organ, foundations, sites, teacher)
 
 
-def _data_sizes(cfg: StudyConfig, cache: str, mode: str) -> tuple[float, float]:
-    """(mean training rows per site, val + test rows): from the cache, else from the plan."""
+def _data_sizes(cfg: StudyConfig, cache: str, mode: str) -> tuple[float, float, float]:
+    """(mean training rows per site, val rows, test rows): from the cache, else from the plan."""
     if (Path(cache) / "index.csv").exists():
         rows = load_index(cache)
         train = Counter(r["site"] for r in rows if r["split"] == "train")
-        evaluated = sum(r["split"] in ("val", "test") for r in rows)
-        return sum(train.values()) / max(len(train), 1), float(evaluated)
+        val = sum(r["split"] == "val" for r in rows)
+        test = sum(r["split"] == "test" for r in rows)
+        return sum(train.values()) / max(len(train), 1), float(val), float(test)
     crops = cfg.data.patients * CROPS_PER_PATIENT[mode]
-    train, _, _ = cfg.data.fractions()
-    return train * crops / max(cfg.data.sites, 1), (1 - train) * crops
+    train, val, test = cfg.data.fractions()
+    return train * crops / max(cfg.data.sites, 1), val * crops, test * crops
 
 
 def estimate(cfg: StudyConfig, cells: list[Cell], paths: StudyPaths) -> dict[str, float]:
@@ -104,24 +105,27 @@ def estimate(cfg: StudyConfig, cells: list[Cell], paths: StudyPaths) -> dict[str
     out = {}
     for c in cells:
         mode = "organ" if c.config.data.cache == paths.organ_cache else "lesion"
-        per_site, evaluated = _data_sizes(cfg, c.config.data.cache, mode)
+        per_site, val, test = _data_sizes(cfg, c.config.data.cache, mode)
         clients = n - 1 if c.config.data.partition == "loso" else n
-        out[c.id] = cell_seconds(c, clients, per_site, evaluated)
+        out[c.id] = cell_seconds(c, clients, per_site, val, test)
     return out
 
 
 def _inputs_estimate(cfg: StudyConfig, paths: StudyPaths) -> float:
-    missing_caches = [
-        p
-        for p, needed in ((paths.lesion_cache, True), (paths.organ_cache, "input" in cfg.sections))
+    missing_caches = tuple(
+        mode
+        for mode, p, needed in (
+            ("lesion", paths.lesion_cache, True),
+            ("organ", paths.organ_cache, "input" in cfg.sections),
+        )
         if needed and not (Path(p) / "index.csv").exists()
-    ]
+    )
     missing_archs = [a for a, p in paths.foundations.items() if not Path(p).exists()]
     synth = not cfg.data.cache and bool(missing_caches or missing_archs)
     return inputs_seconds(
         cfg.data.patients if synth else 0,
         cfg.data.unlabeled_studies if synth else 0,
-        len(missing_caches),
+        missing_caches,
         len(missing_archs),
         cfg.data.unlabeled_studies * cfg.pretrain.per_study,
         cfg.pretrain.epochs,
