@@ -107,14 +107,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--every", type=float, default=0.5, help="Sampling period, seconds.")
     ap.add_argument("--set", action="append", default=[], help="Config override key=value.")
+    ap.add_argument("--superlink-state", default="file", help="deploy-local's: file or memory.")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="deploy_scale_")) / "run"
     cmd = [
         str(Path(sys.executable).parent / "fedprostate"), "deploy-local",
         "--sites", str(args.sites), "--data", str(args.data), "--out", str(out),
-        "--rounds", str(args.rounds),
+        "--rounds", str(args.rounds), "--superlink-state", args.superlink_state,
         *[x for kv in args.set for x in ("--set", kv)],
     ]  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)  # the driver's log lives beside the run
     t0 = time.monotonic()
     log = (out.parent / "deploy-local.log").open("w", encoding="utf-8")
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())

@@ -181,3 +181,49 @@ def test_detection_maps_need_an_output_folder(tmp_path):
         _cli("predict", "--model", str(tmp_path), "--data", str(tmp_path), "--detection-maps"),
         "--detection-maps needs --out",
     )
+
+
+def test_deploy_local_superlink_state_is_file_or_memory_and_resume_needs_file(tmp_path):
+    """Mutants: the value not checked, or --resume accepted with an in-memory SuperLink (it
+    forgets the registered nodes) -> no one-line refusal -> fails."""
+    cache = write_tiny_cache(tmp_path / "cache", sites=("siteA", "siteB"), crop=32)
+    base = ["deploy-local", "--sites", "2", "--data", str(cache), "--out", str(tmp_path / "d")]
+    _one_line_error(_cli(*base, "--superlink-state", "disk"), "--superlink-state", "'disk'")
+    _one_line_error(
+        _cli(*base, "--superlink-state", "memory", "--resume"), "--resume needs", "file"
+    )
+    assert not (tmp_path / "d" / "deployment").exists()
+
+
+def test_an_in_memory_superlink_is_started_without_a_database_file(tmp_path, monkeypatch):
+    """Mutant: --database always the SQLite file -> a 17-SuperNode run on 2 cores loses its
+    ServerApp to 'database is locked' -> the command line still names the file -> fails."""
+    from fedprostate.fl.deploy import deployment
+
+    started = []
+
+    class _Started:
+        def __init__(self, name, cmd, *args):
+            started.append(cmd)
+
+        def wait_for_log(self, *args):
+            return True
+
+    monkeypatch.setattr(deployment, "ManagedProcess", _Started)
+    monkeypatch.setattr(deployment, "port_open", lambda *a, **k: True)
+
+    class _Registry:
+        api_url = "http://127.0.0.1:1"
+
+        def __init__(self, root):
+            pass
+
+        def start(self):
+            return self
+
+    monkeypatch.setattr(deployment, "AppRegistry", _Registry)
+    for state, expected in (("memory", ":flwr-in-memory:"), ("file", "superlink.db")):
+        dep = deployment.LocalDeployment(tmp_path / state, superlink_state=state)
+        dep.start_superlink(timeout=1)
+        cmd = started[-1]
+        assert cmd[cmd.index("--database") + 1].endswith(expected)

@@ -38,6 +38,13 @@ def deploy_local_command(
         help="Sign the app with this OpenSSH Ed25519 key instead of the consortium's "
         "(SuperNodes trust only the consortium's: another key is refused).",
     ),
+    superlink_state: str = typer.Option(
+        "file",
+        "--superlink-state",
+        help="file: the SuperLink keeps nodes and runs in SQLite under --out (survives a "
+        "restart; --resume needs it); memory: Flower's in-memory state (no SQLite lock: a "
+        "17-SuperNode deployment on 2 cores lost its run to 'database is locked' with file).",
+    ),
     warm_seconds: float = typer.Option(
         600.0,
         "--warm-seconds",
@@ -51,7 +58,7 @@ def deploy_local_command(
     on 127.0.0.1 with TLS, SuperNode authentication and a consortium-signed app; run the
     federated fine-tuning with `flwr run`, stop everything."""
     from fedprostate.config import RunConfig
-    from fedprostate.fl.deploy.deployment import deploy_local, deployment_config
+    from fedprostate.fl.deploy.deployment import DeployedRunError, deploy_local, deployment_config
     from fedprostate.fl.deploy.proxy import ProxyUnavailableError
     from fedprostate.runs.federated import RunFailedError, finished_summary
     from fedprostate.runs.resume import ResumeRefusedError, check_resume
@@ -62,6 +69,10 @@ def deploy_local_command(
             cfg = cfg.replace(**{"fl.rounds": rounds})
     except (ValueError, OSError) as exc:
         fail(f"configuration: {exc}")
+    if superlink_state not in ("file", "memory"):
+        fail(f"--superlink-state must be file or memory, not {superlink_state!r}")
+    if resume and superlink_state == "memory":
+        fail("--resume needs --superlink-state file: an in-memory SuperLink forgets its nodes")
     if not (cache / "index.csv").exists():
         fail(f"{cache}: not a crop cache (no index.csv) (--cache)")
     from fedprostate.engine.setup import crop_mismatch
@@ -90,15 +101,16 @@ def deploy_local_command(
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         summary = deploy_local(
-            cfg, cache, chosen, out, echo=typer.echo, signing_key=signing_key, warm_s=warm_seconds
-        )
+            cfg, cache, chosen, out, echo=typer.echo, signing_key=signing_key,
+            warm_s=warm_seconds, superlink_state=superlink_state,
+        )  # fmt: skip
         finished_summary(out)
     except KeyboardInterrupt:
         typer.echo("interrupted: every SuperLink/SuperNode process was stopped", err=True)
         raise typer.Exit(130) from None
     except ProxyUnavailableError as exc:
         fail(exc)
-    except RunFailedError as exc:
+    except (RunFailedError, DeployedRunError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:

@@ -57,17 +57,26 @@ def _prereg(values: dict, n_boot: int):
     return Preregistration(**{k: values[k] for k in keys if k in values}, n_boot=n_boot)
 
 
+def holm_p_shown(comp: dict) -> float | None:
+    """The Holm-adjusted p-value of the direction the comparison is decided in (for the claim when
+    reproduced, against it when not reproduced), else the smaller of the two directions: a
+    comparison decided against the claim and made inconclusive by Holm shows its p against."""
+    p_for, p_against = comp.get("p_for_holm"), comp.get("p_against_holm")
+    if comp["verdict"] == "reproduced":
+        return p_for
+    if comp["verdict"] == "not reproduced":
+        return p_against
+    known = [p for p in (p_for, p_against) if p is not None]
+    return min(known) if known else None
+
+
 def _delta(comp: dict) -> str:
     if "comparison" not in comp:
         return f"– ({comp.get('error', 'not computed')})"
     c = comp["comparison"]
     b = c["bootstrap"]
     ci = fmt_ci({"estimate": b["delta"], "low": b["low"], "high": b["high"]})
-    p = (
-        comp.get("p_for_holm")
-        if comp["verdict"] != "not reproduced"
-        else comp.get("p_against_holm")
-    )
+    p = holm_p_shown(comp)
     half = (b["high"] - b["low"]) / 2 if b["low"] is not None and b["high"] is not None else None
     text = (f"{ci} (half-width {fmt(half, 3)}), p(Holm)={fmt_p(p)}, {c['n_patients']} patients, "
             f"{b['seeds_a']}+{b['seeds_b']} seeds")  # fmt: skip

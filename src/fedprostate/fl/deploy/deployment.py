@@ -53,8 +53,10 @@ from fedprostate.fl.deploy.processes import (
     LOOPBACK,
     ManagedProcess,
     follow,
+    follow_run,
     free_port,
     port_open,
+    run_is_active,
     written_after,
 )
 from fedprostate.fl.deploy.proxy import FleetProxy
@@ -71,7 +73,12 @@ from fedprostate.records.audit import AUDIT_FILE, AuditLog
 
 __all__ = ["LocalDeployment", "deploy_local", "deployment_config", "follow", "node_config_text"]
 
+IN_MEMORY = ":flwr-in-memory:"  # flower-superlink --database: Flower's in-memory link state
 CONNECTION = "fedprostate"  # name of the SuperLink connection in the deployment's Flower config
+
+
+class DeployedRunError(RuntimeError):
+    """The deployed run ended without its summary (one line: where the logs are)."""
 
 
 class LocalDeployment:
@@ -82,8 +89,10 @@ class LocalDeployment:
         root: str | Path,
         echo: Callable[[str], None] = print,
         audit_path: str | Path | None = None,
+        superlink_state: str = "file",
     ) -> None:
         self.root = Path(root).resolve()
+        self.superlink_state = superlink_state  # "file" (SQLite under root) or "memory"
         self.root.mkdir(parents=True, exist_ok=True)
         self.echo = echo
         self.flwr_home = self.root / "flwr"
@@ -149,7 +158,8 @@ class LocalDeployment:
             "--ssl-keyfile", str(self.certs.server_key),
             "--ssl-ca-certfile", str(self.certs.ca_cert),
             "--enable-supernode-auth",
-            "--database", str(self.database),  # registered nodes and runs survive a restart
+            # file: registered nodes and runs survive a restart; memory: no SQLite lock
+            "--database", str(self.database) if self.superlink_state == "file" else IN_MEMORY,
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
         env = self.env() | {"FLWR_SUPERGRID_API_URL": self.app_registry.api_url}
@@ -333,23 +343,36 @@ class LocalDeployment:
         )
         return ManagedProcess("flwr-run", cmd, self.logs / "flwr_run.log", self.env(), app)
 
+    def _follow_log(self, run_id: str, n: int) -> ManagedProcess:
+        cmd = [flower_bin("flwr"), "log", run_id, CONNECTION, "--stream"]
+        return ManagedProcess("flwr-log", cmd, self.logs / f"flwr_log_{n}.log", self.env(),
+                              self.root)  # fmt: skip
+
+    def _run_active(self, run_id: str) -> bool:
+        """Whether the SuperLink says the run goes on (asked up to 5 times: it can be busy)."""
+        for _ in range(5):
+            try:
+                out = self.flwr(["ls", CONNECTION, "--run-id", run_id, "--format", "json"], 60)
+                return run_is_active(out[out.index("{") :], run_id)
+            except (RuntimeError, ValueError, subprocess.TimeoutExpired):
+                time.sleep(2)
+        return False
+
     def run(self, cfg: RunConfig, timeout: float = 3600.0, **submit) -> dict:
         """Run the app to the end, echoing its log; returns the run's summary.json."""
         summary = Path(cfg.out) / "summary.json"
         started = time.time()
         proc = self.submit(cfg, **submit)
         try:
-            follow(proc, self.echo, timeout, lambda: written_after(summary, started))
+            proc = follow_run(proc, self._follow_log, self._run_active, self.echo, timeout,
+                              lambda: written_after(summary, started))  # fmt: skip
         except BaseException as exc:
             self.audit.append("run_stopped", by=getpass.getuser(), reason=type(exc).__name__)
             raise
         finally:
             proc.stop()
         if not written_after(summary, started):
-            raise RuntimeError(
-                f"the run ended without writing {summary}; logs in {self.logs}:\n"
-                + proc.log_text()[-3000:]
-            )
+            raise DeployedRunError(f"the run ended without writing {summary}; logs in {self.logs}")
         return json.loads(summary.read_text(encoding="utf-8"))
 
     # ---- shutdown ------------------------------------------------------------------------
@@ -380,6 +403,7 @@ def deploy_local(
     timeout: float = 24 * 3600.0,
     signing_key: Path | None = None,
     warm_s: float = 0.0,
+    superlink_state: str = "file",
 ) -> dict:
     """SuperLink + nginx + one SuperNode per site (TLS, node auth, signed app), the run to the
     end, all stopped. ``sites``: site → its preflight split sizes (``{"train": n, "val": m}``).
@@ -390,7 +414,7 @@ def deploy_local(
     )
     Path(run_cfg.out).mkdir(parents=True, exist_ok=True)
     audit = Path(run_cfg.out) / AUDIT_FILE
-    with LocalDeployment(root, echo=echo, audit_path=audit) as dep:
+    with LocalDeployment(root, echo, audit, superlink_state) as dep:
         dep.start()
         for site, sizes in sites.items():
             node_id = dep.register(site, train=sizes.get("train", 0), val=sizes.get("val", 0))
