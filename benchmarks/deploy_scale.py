@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--every", type=float, default=0.5, help="Sampling period, seconds.")
     ap.add_argument("--set", action="append", default=[], help="Config override key=value.")
-    ap.add_argument("--superlink-state", default="file", help="deploy-local's: file or memory.")
+    ap.add_argument("--superlink-state", default="file", choices=("file", "memory"),
+                    help="deploy-local's --superlink-state.")  # fmt: skip
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="deploy_scale_")) / "run"
     cmd = [

@@ -58,7 +58,12 @@ def deploy_local_command(
     on 127.0.0.1 with TLS, SuperNode authentication and a consortium-signed app; run the
     federated fine-tuning with `flwr run`, stop everything."""
     from fedprostate.config import RunConfig
-    from fedprostate.fl.deploy.deployment import DeployedRunError, deploy_local, deployment_config
+    from fedprostate.fl.deploy.deployment import (
+        SUPERLINK_STATES,
+        DeployedRunError,
+        deploy_local,
+        deployment_config,
+    )
     from fedprostate.fl.deploy.proxy import ProxyUnavailableError
     from fedprostate.runs.federated import RunFailedError, finished_summary
     from fedprostate.runs.resume import ResumeRefusedError, check_resume
@@ -69,7 +74,7 @@ def deploy_local_command(
             cfg = cfg.replace(**{"fl.rounds": rounds})
     except (ValueError, OSError) as exc:
         fail(f"configuration: {exc}")
-    if superlink_state not in ("file", "memory"):
+    if superlink_state not in SUPERLINK_STATES:
         fail(f"--superlink-state must be file or memory, not {superlink_state!r}")
     if resume and superlink_state == "memory":
         fail("--resume needs --superlink-state file: an in-memory SuperLink forgets its nodes")

@@ -102,10 +102,13 @@ def _data_sizes(cfg: StudyConfig, cache: str, mode: str) -> tuple[float, float, 
 def estimate(cfg: StudyConfig, cells: list[Cell], paths: StudyPaths) -> dict[str, float]:
     """Estimated seconds per cell (see ``fedprostate.study.estimate`` for the constants)."""
     n = len(paths.sites)
-    out = {}
+    out, sizes = {}, {}
     for c in cells:
-        mode = "organ" if c.config.data.cache == paths.organ_cache else "lesion"
-        per_site, val, test = _data_sizes(cfg, c.config.data.cache, mode)
+        cache = c.config.data.cache
+        if cache not in sizes:  # one read of a kept cache's index, not one per cell
+            mode = "organ" if cache == paths.organ_cache else "lesion"
+            sizes[cache] = _data_sizes(cfg, cache, mode)
+        per_site, val, test = sizes[cache]
         clients = n - 1 if c.config.data.partition == "loso" else n
         out[c.id] = cell_seconds(c, clients, per_site, val, test)
     return out

@@ -74,6 +74,7 @@ from fedprostate.records.audit import AUDIT_FILE, AuditLog
 __all__ = ["LocalDeployment", "deploy_local", "deployment_config", "follow", "node_config_text"]
 
 IN_MEMORY = ":flwr-in-memory:"  # flower-superlink --database: Flower's in-memory link state
+SUPERLINK_STATES = ("file", "memory")  # SQLite under the deployment folder, or IN_MEMORY
 CONNECTION = "fedprostate"  # name of the SuperLink connection in the deployment's Flower config
 
 
@@ -91,8 +92,12 @@ class LocalDeployment:
         audit_path: str | Path | None = None,
         superlink_state: str = "file",
     ) -> None:
+        if superlink_state not in SUPERLINK_STATES:
+            raise ValueError(
+                f"superlink_state must be one of {SUPERLINK_STATES}, not {superlink_state!r}"
+            )
         self.root = Path(root).resolve()
-        self.superlink_state = superlink_state  # "file" (SQLite under root) or "memory"
+        self.superlink_state = superlink_state
         self.root.mkdir(parents=True, exist_ok=True)
         self.echo = echo
         self.flwr_home = self.root / "flwr"
