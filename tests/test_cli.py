@@ -222,6 +222,9 @@ def test_an_in_memory_superlink_is_started_without_a_database_file(tmp_path, mon
             return self
 
     monkeypatch.setattr(deployment, "AppRegistry", _Registry)
+    with pytest.raises(ValueError, match="superlink_state"):  # not silently in memory
+        deployment.LocalDeployment(tmp_path / "disk", superlink_state="disk")
+    assert not (tmp_path / "disk").exists()
     for state, expected in (("memory", ":flwr-in-memory:"), ("file", "superlink.db")):
         dep = deployment.LocalDeployment(tmp_path / state, superlink_state=state)
         dep.start_superlink(timeout=1)
